@@ -1,0 +1,1 @@
+"""Input/output: the HDF5 scan backend, results stores and format converters."""
