@@ -154,6 +154,9 @@ def write_scan(
         raise InvalidInputError("incident_energy_keV is required when writing /xrf")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; results follow the user's umask
     try:
         with h5py.File(tmp_name, "w") as f:
             f.attrs["layout_version"] = LAYOUT_VERSION

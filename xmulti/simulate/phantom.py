@@ -141,7 +141,7 @@ def cell_phantom(
         "S": matrix,
         "K": matrix * (0.6 + 0.4 * (xx / nx)),
         "Ca": 0.5 * np.clip(rim, 0, 1) + _granules(rng, yy, xx, inside, 3 * n_cells, granule_px),
-        "Fe": _granules(rng, yy, xx, inside & (nucleus < 0.5), 4 * n_cells, granule_px),
+        "Fe": _granules(rng, yy, xx, inside & (nucleus < 0.5), 4 * n_cells, granule_px) + 0.15 * matrix,
         "Cu": ndimage.gaussian_filter(nucleus, 3.0 * granule_px) * inside + 0.1 * matrix,
         "Zn": _granules(rng, yy, xx, inside, 4 * n_cells, granule_px) + 0.3 * nucleus * inside,
     }
