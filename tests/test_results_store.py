@@ -1,0 +1,70 @@
+"""The Zarr results store: atomic groups, provenance, round trips, refusal to clobber."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xmulti.errors import InvalidInputError
+from xmulti.io.results import create_store, provenance, read_group, stage_is_done, write_group
+
+
+def _maps():
+    y = 3.0 + 0.1 * np.arange(4)
+    x = -1.0 + 0.1 * np.arange(5)
+    data = np.arange(20.0).reshape(4, 5)
+    return xr.Dataset(
+        {"Fe": (("y", "x"), data, {"units": "counts"}), "Zn": (("y", "x"), 2 * data, {"units": "counts"})},
+        coords={"y": ("y", y, {"units": "um"}), "x": ("x", x, {"units": "um"})},
+    )
+
+
+def test_round_trip_with_provenance(tmp_path, tiny_scan):
+    _, scan_path = tiny_scan
+    store = tmp_path / "results.zarr"
+    prov = provenance("fit-xrf", {"elements": ["Fe", "Zn"]}, scan_path)
+    write_group(store, "/xrf/elemental_maps", _maps(), provenance=prov)
+    back = read_group(store, "/xrf/elemental_maps").load()
+    xr.testing.assert_identical(back.drop_attrs(), _maps().drop_attrs())
+    assert back["Fe"].attrs["units"] == "counts" and back["y"].attrs["units"] == "um"
+    assert back.attrs["xmulti_stage"] == "fit-xrf"
+    assert back.attrs["input_checksum"].startswith("sha256:")
+    assert json.loads(back.attrs["xmulti_options"]) == {"elements": ["Fe", "Zn"]}
+    tree = xr.open_datatree(store, engine="zarr")
+    assert "elemental_maps" in tree["xrf"].children
+    assert stage_is_done(store, "/xrf/elemental_maps", "fit-xrf", {"elements": ["Fe", "Zn"]})
+    assert not stage_is_done(store, "/xrf/elemental_maps", "fit-xrf", {"elements": ["Fe"]})
+
+
+def test_rewrite_replaces_group_and_keeps_others(tmp_path):
+    store = tmp_path / "r.zarr"
+    write_group(store, "/xrf/elemental_maps", _maps())
+    write_group(store, "/reconstructed", xr.Dataset({"phase": (("y", "x"), np.zeros((3, 3)))}))
+    write_group(store, "/xrf/elemental_maps", _maps() * 3)
+    assert float(read_group(store, "/xrf/elemental_maps")["Fe"][1, 1]) == 3 * 6.0
+    assert read_group(store, "/reconstructed")["phase"].shape == (3, 3)
+    assert not list(tmp_path.glob("*.partial"))  # no temporary directories left
+
+
+def test_failed_write_leaves_previous_group_intact(tmp_path):
+    store = tmp_path / "r.zarr"
+    write_group(store, "/xrf/elemental_maps", _maps())
+    bad = _maps().assign(bad=(("y", "x"), np.full((4, 5), object())))
+    with pytest.raises(Exception):  # noqa: B017 - whatever zarr raises for object dtype
+        write_group(store, "/xrf/elemental_maps", bad)
+    assert set(read_group(store, "/xrf/elemental_maps").data_vars) == {"Fe", "Zn"}
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_refuses_a_path_that_is_not_an_xmulti_store(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(InvalidInputError, match="not an xmulti results store"):
+        write_group(other, "/xrf/elemental_maps", _maps())
+    assert (other / "precious.txt").read_text() == "keep me"
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        create_store(tmp_path / "missing" / "r.zarr")
