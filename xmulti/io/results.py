@@ -76,11 +76,15 @@ def create_store(path: str | os.PathLike) -> Path:
         raise InvalidInputError(f"{path}: parent directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InvalidInputError(f"{path}: cannot create the results store, {parent} is not writable")
-    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    group.attrs[STORE_MARKER] = _RESULTS_VERSION
     from .. import __version__
 
-    group.attrs["xmulti_version"] = __version__
+    try:
+        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        group.attrs[STORE_MARKER] = _RESULTS_VERSION
+        group.attrs["xmulti_version"] = __version__
+    except OSError as exc:
+        shutil.rmtree(path, ignore_errors=True)
+        raise InvalidInputError(f"{path}: cannot create the results store: {exc.strerror or exc}") from None
     return path
 
 

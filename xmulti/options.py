@@ -1,0 +1,214 @@
+"""Typed, validated options of the pipeline: one YAML file drives every stage, CLI flags override.
+
+Each section is a frozen dataclass; loading checks unknown keys and value types and names the
+offending key. The options serialise to JSON for the provenance of every result group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError
+
+__all__ = ["XRFOptions", "PtychoOptions", "PipelineOptions", "load_options", "STAGES"]
+
+#: Pipeline stages in the order they run.
+STAGES = ("fit-xrf", "reconstruct")
+
+
+@dataclass(frozen=True)
+class XRFOptions:
+    """Options of the XRF fitting stage.
+
+    Attributes
+    ----------
+    elements : list of str or None
+        Element symbols to fit; None suggests them from the summed spectrum.
+    background : str
+        ``"linear"`` (continuum inside the linear model, unbiased) or ``"snip"``.
+    standard : dict of str to float or None
+        Areal densities (ug/cm2) of a thin-film standard scanned with the same setup, to quantify.
+    """
+
+    elements: list[str] | None = None
+    background: str = "linear"
+    standard: dict[str, float] | None = None
+
+    def check(self) -> None:
+        if self.background not in ("linear", "snip"):
+            raise InvalidInputError(f"xrf.background: must be 'linear' or 'snip', got {self.background!r}")
+
+
+@dataclass(frozen=True)
+class PtychoOptions:
+    """Options of the ptychographic reconstruction stage.
+
+    Attributes
+    ----------
+    engine : {"lsqml", "rpie"}
+    iterations : int
+        Epochs (passes over all positions).
+    probe_modes : int
+        Incoherent probe modes.
+    position_correction : bool
+    tiles : list of two int or None
+        Tile grid (ny, nx) for tile-parallel reconstruction; None = one tile.
+    halo_um : float or None
+        Halo width; None = about two scan steps.
+    sync_every : int or None
+        Epochs between probe/overlap synchronisation of tiles; None = never (independent tiles).
+    seed : int
+        Seed of every random choice (batch order, initial modes).
+    """
+
+    engine: str = "lsqml"
+    iterations: int = 100
+    probe_modes: int = 1
+    position_correction: bool = False
+    tiles: list[int] | None = None
+    halo_um: float | None = None
+    sync_every: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.engine not in ("lsqml", "rpie"):
+            raise InvalidInputError(f"ptycho.engine: must be 'lsqml' or 'rpie', got {self.engine!r}")
+        if self.iterations < 1:
+            raise InvalidInputError(f"ptycho.iterations: must be >= 1, got {self.iterations}")
+        if self.probe_modes < 1:
+            raise InvalidInputError(f"ptycho.probe_modes: must be >= 1, got {self.probe_modes}")
+        if self.tiles is not None and (len(self.tiles) != 2 or min(self.tiles) < 1):
+            raise InvalidInputError(f"ptycho.tiles: must be two positive integers, got {self.tiles}")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where the work runs: a scheduler address, a dask-jobqueue profile, or (neither) a local
+    process cluster with ``n_workers`` processes (default one per core)."""
+
+    scheduler: str | None = None
+    profile: str | None = None
+    n_workers: int | None = None
+
+    def check(self) -> None:
+        if self.scheduler and self.profile:
+            raise InvalidInputError("cluster: give either scheduler or profile, not both")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """All options of ``xmulti run``."""
+
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    xrf: XRFOptions = field(default_factory=XRFOptions)
+    ptycho: PtychoOptions = field(default_factory=PtychoOptions)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+
+    def check(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise InvalidInputError(f"stages: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        for section in (self.xrf, self.ptycho, self.cluster):
+            section.check()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable) of every option."""
+        return dataclasses.asdict(self)
+
+    def override(self, section: str | None = None, **values: Any) -> PipelineOptions:
+        """A copy with some values replaced (None values are ignored), type-checked."""
+        values = {k: v for k, v in values.items() if v is not None}
+        if not values:
+            return self
+        if section is None:
+            merged = {**self.to_dict(), **values}
+        else:
+            merged = self.to_dict()
+            merged[section] = {**merged[section], **values}
+        return _build(PipelineOptions, merged, "")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        return isinstance(value, dict) and all(
+            _type_ok(k, key_type) and _type_ok(v, value_type) for k, v in value.items()
+        )
+    return isinstance(value, annotation)
+
+
+def _build(cls, raw: Any, where: str):
+    """Instantiate dataclass ``cls`` from a mapping, checking keys and types recursively."""
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"{where or 'options'}: must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise InvalidInputError(
+            f"{where + ': ' if where else ''}unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name] = _build(annotation, value if value is not None else {}, key)
+            continue
+        if not _type_ok(value, annotation):
+            raise InvalidInputError(f"{key}: expected {_describe(annotation)}, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def _describe(annotation: Any) -> str:
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def load_options(path: str | os.PathLike | None = None) -> PipelineOptions:
+    """Options from a YAML file (or the defaults), validated.
+
+    Raises
+    ------
+    InvalidInputError
+        Unreadable file, invalid YAML, unknown keys or wrong types, naming the file and key.
+    """
+    import yaml
+
+    if path is None:
+        options = PipelineOptions()
+    else:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise InvalidInputError(f"{path}: cannot read the options file: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise InvalidInputError(f"{path}: not valid YAML: {exc}") from None
+        try:
+            options = _build(PipelineOptions, raw, "")
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{path}: {exc}") from None
+    options.check()
+    return options

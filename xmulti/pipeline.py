@@ -1,0 +1,195 @@
+"""The end-to-end pipeline behind ``xmulti run``: stages, resumable atomic results, progress.
+
+Each stage reads the lazy scan, computes its results (on the Dask client given) and writes
+them as whole groups of the results store (:mod:`xmulti.io.results`). A stage whose groups exist
+with the same options and input is skipped on a rerun (``force=True`` redoes it); a stage killed
+half-way leaves no group of its own behind, and earlier stages' groups intact.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError
+from .options import PipelineOptions
+
+__all__ = ["Stage", "StageReport", "run_pipeline", "STAGE_TABLE"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: its name, the result groups it writes, the option sections it depends on
+    and the function computing its results ``(tree, options, client, log) -> {group: Dataset}``."""
+
+    name: str
+    groups: tuple[str, ...]
+    sections: tuple[str, ...]
+    compute: Callable[..., dict[str, Any]]
+    needs: str  # the scan group it needs
+
+
+@dataclass
+class StageReport:
+    """What happened to one stage in one run."""
+
+    name: str
+    status: str  # "done", "skipped (up to date)", "skipped (no /xrf)", ...
+    seconds: float = 0.0
+    groups: list[str] = field(default_factory=list)
+
+
+def _persist_with_progress(ds, client, log):
+    """Compute a lazy Dataset with a progress display, under any scheduler."""
+    if not any(getattr(v, "chunks", None) for v in ds.variables.values()):
+        return ds
+    if client is not None:
+        from dask.distributed import progress
+
+        persisted = client.persist(ds)
+        if log is not None:
+            progress(persisted, notebook=False)
+            print(file=sys.stderr)
+        return persisted.compute()
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr if log is not None else open(os.devnull, "w")):  # noqa: SIM115
+        return ds.compute()
+
+
+def _fit_xrf_stage(tree, options: PipelineOptions, client, log) -> dict[str, Any]:
+    from .xrf.maps import fit_xrf
+
+    opts = options.xrf
+    result = fit_xrf(tree, elements=opts.elements, background=opts.background)
+    result = _persist_with_progress(result, client, log)
+    element_vars = [name for name in result.data_vars if name in result.attrs.get("elements", [])]
+    maps = result[element_vars]
+    diagnostics = result.drop_vars(element_vars)
+    maps.attrs = {k: v for k, v in result.attrs.items() if isinstance(v, str | int | float | list)}
+    return {"/xrf/elemental_maps": maps, "/xrf/fit": diagnostics}
+
+
+def _reconstruct_stage(tree, options: PipelineOptions, client, log) -> dict[str, Any]:
+    from .ptycho.reconstruct import reconstruct
+
+    opts = options.ptycho
+    last = [0.0]
+
+    def report(epoch: int, total: int, error: float) -> None:
+        now = time.monotonic()
+        if log is not None and (now - last[0] > 2.0 or epoch == total):
+            last[0] = now
+            log(f"  reconstruct: epoch {epoch}/{total}, error {error:.4g}")
+
+    result = reconstruct(
+        tree,
+        engine=opts.engine,
+        iterations=opts.iterations,
+        probe_modes=opts.probe_modes,
+        position_correction=opts.position_correction,
+        progress=report,
+    )
+    return {"/reconstructed": result}
+
+
+STAGE_TABLE: dict[str, Stage] = {
+    "fit-xrf": Stage("fit-xrf", ("/xrf/elemental_maps", "/xrf/fit"), ("xrf",), _fit_xrf_stage, "xrf"),
+    "reconstruct": Stage("reconstruct", ("/reconstructed",), ("ptycho",), _reconstruct_stage, "ptychography"),
+}
+
+
+def _stage_options(stage: Stage, options: PipelineOptions) -> dict[str, Any]:
+    everything = options.to_dict()
+    return {section: everything[section] for section in stage.sections}
+
+
+def run_pipeline(
+    scan_path: str | os.PathLike,
+    store: str | os.PathLike,
+    options: PipelineOptions | None = None,
+    *,
+    client=None,
+    force: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> list[StageReport]:
+    """Run the stages of ``options.stages`` on a scan, writing results to a Zarr store.
+
+    Parameters
+    ----------
+    scan_path : path-like
+        Combined-scan HDF5 file (never modified).
+    store : path-like
+        Results store (created if absent; an existing path must be an xmulti store).
+    options : PipelineOptions, optional
+        Stage options (defaults: :class:`~xmulti.options.PipelineOptions`).
+    client : dask.distributed.Client, optional
+        Where Dask work runs; None uses the threaded scheduler.
+    force : bool
+        Redo stages whose results are up to date.
+    log : callable or None
+        Receives progress lines; None is silent.
+
+    Returns
+    -------
+    list of StageReport
+        One per stage, with its wall time.
+    """
+    from .io.results import create_store, provenance, stage_is_done, write_group
+    from .io.scan import open_scan
+
+    options = options or PipelineOptions()
+    options.check()
+    tree = open_scan(scan_path)
+    store = create_store(store)
+    reports = []
+    for name in options.stages:
+        stage = STAGE_TABLE[name]
+        stage_opts = _stage_options(stage, options)
+        if stage.needs not in tree.children:
+            reports.append(StageReport(name, f"skipped (the scan has no /{stage.needs})"))
+            continue
+        done = all(stage_is_done(store, group, name, stage_opts) for group in stage.groups)
+        if done and not force:
+            reports.append(StageReport(name, "skipped (up to date)", groups=list(stage.groups)))
+            if log:
+                log(f"{name}: up to date in {store}, skipped (--force redoes it)")
+            continue
+        if log:
+            log(f"{name}: running")
+        start = time.perf_counter()
+        results = stage.compute(tree, options, client, log)
+        record = provenance(name, stage_opts, scan_path)
+        for group, dataset in results.items():
+            write_group(store, group, dataset, provenance=record)
+        seconds = time.perf_counter() - start
+        reports.append(StageReport(name, "done", seconds, list(results)))
+        if log:
+            log(f"{name}: done in {seconds:.1f} s -> {', '.join(results)}")
+    return reports
+
+
+def summary_table(reports: list[StageReport]) -> str:
+    """Per-stage wall-time summary, one line per stage."""
+    width = max([len(r.name) for r in reports] + [5])
+    lines = [f"{'stage':{width}s}  {'wall time':>10s}  status"]
+    for r in reports:
+        lines.append(f"{r.name:{width}s}  {r.seconds:9.1f}s  {r.status}")
+    total = sum(r.seconds for r in reports)
+    lines.append(f"{'total':{width}s}  {total:9.1f}s")
+    return "\n".join(lines)
+
+
+def check_output_path(store: str | os.PathLike) -> Path:
+    """Refuse an output that exists but is not an xmulti store, or cannot be written, before any work."""
+    from .io.results import create_store
+
+    path = Path(store)
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"{path}: exists and is not an xmulti results store (a file)")
+    return create_store(path)
