@@ -16,10 +16,10 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["XRFOptions", "PtychoOptions", "PipelineOptions", "load_options", "STAGES"]
+__all__ = ["XRFOptions", "PtychoOptions", "CorrelateOptions", "ClusterOptions", "PipelineOptions", "load_options", "STAGES"]
 
 #: Pipeline stages in the order they run.
-STAGES = ("fit-xrf", "reconstruct")
+STAGES = ("fit-xrf", "reconstruct", "correlate")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,49 @@ class PtychoOptions:
 
 
 @dataclass(frozen=True)
+class CorrelateOptions:
+    """Options of the correlation stage (segmentation on the phase, per-region statistics).
+
+    Attributes
+    ----------
+    elements : list of str or None
+        Element maps to tabulate (default all).
+    matrix : str
+        Matter the phase is converted to mass of: ``protein``, ``ice`` or ``FORMULA:DENSITY``.
+    embedding : str
+        Medium the matrix displaces: ``none`` (dried cells), ``ice`` or ``FORMULA:DENSITY``.
+    method : {"otsu", "multiotsu", "local"}
+        Threshold of the segmentation.
+    min_area_um2 : float or None
+        Drop smaller regions.
+    split : bool
+        Split touching cells (watershed on the distance transform).
+    illumination_threshold : float
+        Ignore phase pixels whose illumination is below this fraction of its maximum.
+    shift_reference : str or None
+        XRF map that grows with matter (e.g. ``compton``) to check the XRF-phase residual shift.
+    correct_shift : bool
+        Move the maps by the residual shift found.
+    """
+
+    elements: list[str] | None = None
+    matrix: str = "protein"
+    embedding: str = "none"
+    method: str = "otsu"
+    min_area_um2: float | None = None
+    split: bool = True
+    illumination_threshold: float = 0.05
+    shift_reference: str | None = None
+    correct_shift: bool = False
+
+    def check(self) -> None:
+        if self.method not in ("otsu", "multiotsu", "local"):
+            raise InvalidInputError(f"correlate.method: must be otsu, multiotsu or local, got {self.method!r}")
+        if self.correct_shift and not self.shift_reference:
+            raise InvalidInputError("correlate.correct_shift needs correlate.shift_reference")
+
+
+@dataclass(frozen=True)
 class ClusterOptions:
     """Where the work runs: a scheduler address, a dask-jobqueue profile, or (neither) a local
     process cluster with ``n_workers`` processes (default one per core)."""
@@ -108,13 +151,14 @@ class PipelineOptions:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     xrf: XRFOptions = field(default_factory=XRFOptions)
     ptycho: PtychoOptions = field(default_factory=PtychoOptions)
+    correlate: CorrelateOptions = field(default_factory=CorrelateOptions)
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
     def check(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise InvalidInputError(f"stages: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
-        for section in (self.xrf, self.ptycho, self.cluster):
+        for section in (self.xrf, self.ptycho, self.correlate, self.cluster):
             section.check()
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,6 @@ half-way leaves no group of its own behind, and earlier stages' groups intact.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,14 +23,15 @@ __all__ = ["Stage", "StageReport", "run_pipeline", "STAGE_TABLE"]
 
 @dataclass(frozen=True)
 class Stage:
-    """A pipeline stage: its name, the result groups it writes, the option sections it depends on
-    and the function computing its results ``(tree, options, client, log) -> {group: Dataset}``."""
+    """A pipeline stage: its name, the result groups it writes, the option sections its results
+    depend on, the function computing them ``(tree, store, options, client, log) -> {group:
+    Dataset}`` and the scan groups it needs."""
 
     name: str
     groups: tuple[str, ...]
     sections: tuple[str, ...]
     compute: Callable[..., dict[str, Any]]
-    needs: str  # the scan group it needs
+    needs: tuple[str, ...]
 
 
 @dataclass
@@ -44,63 +44,33 @@ class StageReport:
     groups: list[str] = field(default_factory=list)
 
 
-def _persist_with_progress(ds, client, log):
-    """Compute a lazy Dataset with a progress display, under any scheduler."""
-    if not any(getattr(v, "chunks", None) for v in ds.variables.values()):
-        return ds
-    if client is not None:
-        from dask.distributed import progress
+def _fit_xrf(tree, store, options: PipelineOptions, client, log):
+    from .stages import fit_xrf_groups
 
-        persisted = client.persist(ds)
-        if log is not None:
-            progress(persisted, notebook=False)
-            print(file=sys.stderr)
-        return persisted.compute()
-    from dask.diagnostics import ProgressBar
-
-    with ProgressBar(out=sys.stderr if log is not None else open(os.devnull, "w")):  # noqa: SIM115
-        return ds.compute()
+    return fit_xrf_groups(tree, options.xrf, client, log)
 
 
-def _fit_xrf_stage(tree, options: PipelineOptions, client, log) -> dict[str, Any]:
-    from .xrf.maps import fit_xrf
+def _reconstruct(tree, store, options: PipelineOptions, client, log):
+    from .stages import reconstruct_groups
 
-    opts = options.xrf
-    result = fit_xrf(tree, elements=opts.elements, background=opts.background)
-    result = _persist_with_progress(result, client, log)
-    element_vars = [name for name in result.data_vars if name in result.attrs.get("elements", [])]
-    maps = result[element_vars]
-    diagnostics = result.drop_vars(element_vars)
-    maps.attrs = {k: v for k, v in result.attrs.items() if isinstance(v, str | int | float | list)}
-    return {"/xrf/elemental_maps": maps, "/xrf/fit": diagnostics}
+    return reconstruct_groups(tree, options.ptycho, client, log)
 
 
-def _reconstruct_stage(tree, options: PipelineOptions, client, log) -> dict[str, Any]:
-    from .ptycho.reconstruct import reconstruct
+def _correlate(tree, store, options: PipelineOptions, client, log):
+    from .stages import correlate_groups
 
-    opts = options.ptycho
-    last = [0.0]
-
-    def report(epoch: int, total: int, error: float) -> None:
-        now = time.monotonic()
-        if log is not None and (now - last[0] > 2.0 or epoch == total):
-            last[0] = now
-            log(f"  reconstruct: epoch {epoch}/{total}, error {error:.4g}")
-
-    result = reconstruct(
-        tree,
-        engine=opts.engine,
-        iterations=opts.iterations,
-        probe_modes=opts.probe_modes,
-        position_correction=opts.position_correction,
-        progress=report,
-    )
-    return {"/reconstructed": result}
+    groups, _, _ = correlate_groups(store, options.correlate, tree.attrs.get("incident_energy_keV"), log)
+    return groups
 
 
 STAGE_TABLE: dict[str, Stage] = {
-    "fit-xrf": Stage("fit-xrf", ("/xrf/elemental_maps", "/xrf/fit"), ("xrf",), _fit_xrf_stage, "xrf"),
-    "reconstruct": Stage("reconstruct", ("/reconstructed",), ("ptycho",), _reconstruct_stage, "ptychography"),
+    "fit-xrf": Stage("fit-xrf", ("/xrf/elemental_maps", "/xrf/fit"), ("xrf",), _fit_xrf, ("xrf",)),
+    "reconstruct": Stage("reconstruct", ("/reconstructed",), ("ptycho",), _reconstruct, ("ptychography",)),
+    # correlation builds on both earlier stages: its options include theirs, so it reruns when they do
+    "correlate": Stage(
+        "correlate", ("/correlation/labels", "/correlation/regions", "/correlation/pixelwise"),
+        ("xrf", "ptycho", "correlate"), _correlate, ("xrf", "ptychography"),
+    ),
 }
 
 
@@ -151,8 +121,9 @@ def run_pipeline(
     for name in options.stages:
         stage = STAGE_TABLE[name]
         stage_opts = _stage_options(stage, options)
-        if stage.needs not in tree.children:
-            reports.append(StageReport(name, f"skipped (the scan has no /{stage.needs})"))
+        missing = [group for group in stage.needs if group not in tree.children]
+        if missing:
+            reports.append(StageReport(name, f"skipped (the scan has no /{', /'.join(missing)})"))
             continue
         done = all(stage_is_done(store, group, name, stage_opts) for group in stage.groups)
         if done and not force:
@@ -163,7 +134,7 @@ def run_pipeline(
         if log:
             log(f"{name}: running")
         start = time.perf_counter()
-        results = stage.compute(tree, options, client, log)
+        results = stage.compute(tree, store, options, client, log)
         record = provenance(name, stage_opts, scan_path)
         for group, dataset in results.items():
             write_group(store, group, dataset, provenance=record)

@@ -42,42 +42,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _energy_keV(store: str, given: float | None, groups) -> float:
-    from ..errors import InvalidInputError
-
-    if given is not None:
-        if not given > 0:
-            raise InvalidInputError("--energy-keV must be positive")
-        return float(given)
-    for ds in groups:
-        for key in ("incident_energy_keV", "energy_keV"):
-            if key in ds.attrs:
-                return float(ds.attrs[key])
-    raise InvalidInputError(f"{store}: no photon energy recorded in the store; give --energy-keV")
-
-
-def _shift_check(args, maps, phase, probe, diagnostics):
-    """Estimate (and apply when asked) the residual XRF-phase shift; returns maps and a record."""
-    from ..errors import InvalidInputError
-    from ..register import correct_shift, estimate_shift
-
-    if args.correct_shift and not args.shift_reference:
-        raise InvalidInputError("--correct-shift needs --shift-reference")
-    if not args.shift_reference:
-        return maps, {}
-    if probe is None:
-        raise InvalidInputError("the shift check needs /reconstructed/probe")
-    name = args.shift_reference
-    source = maps if name in maps else diagnostics if diagnostics is not None and name in diagnostics else None
-    if source is None:
-        raise InvalidInputError(f"--shift-reference {name}: no such map in /xrf/elemental_maps or the XRF fit results")
-    estimate = estimate_shift(source[name].load(), phase, probe)
-    print(estimate)
-    record = {"residual_shift_um": list(estimate.shift_um), "residual_shift_steps": list(estimate.shift_steps),
-              "residual_shift_correlation": estimate.correlation, "shift_corrected": bool(args.correct_shift)}
-    return (correct_shift(maps, estimate.shift_um) if args.correct_shift else maps), record
-
-
 def _figure(path, labels, phase, maps, element, energy, probe, args) -> None:
     """Phase-derived mass (blurred by the probe) against one element, pixel by pixel."""
     from ..correlate import phase_areal_mass
@@ -99,67 +63,37 @@ def run(args: argparse.Namespace) -> int:
     """Segment, tabulate, write the groups and the CSV."""
     from pathlib import Path
 
-    from ..correlate import (
-        correlations_to_dataset,
-        pixel_correlations,
-        region_table,
-        regions_to_dataset,
-        segment_phase,
-        select_elements,
-    )
     from ..errors import InvalidInputError
-    from ..io.results import provenance, read_group, write_group
-    from .overlay import load_phase_and_maps, mask_unilluminated
+    from ..io.results import provenance, write_group
+    from ..options import CorrelateOptions
+    from ..stages import correlate_groups
 
-    phase, maps, recon = load_phase_and_maps(args.store)
-    elements = select_elements(maps, args.elements)
-    groups = [maps, recon]
-    uncertainty = diagnostics = None
-    for group in ("/xrf/fit", "/xrf/fit_diagnostics"):  # per-pixel fit results, where the fit put them
-        try:
-            diagnostics = read_group(args.store, group)
-        except InvalidInputError:
-            continue
-        groups.append(diagnostics)
-        sigmas = [f"{e}_sigma" for e in elements if f"{e}_sigma" in diagnostics]
-        uncertainty = diagnostics[sigmas].load() if sigmas else None
-        break
-    energy = _energy_keV(args.store, args.energy_keV, groups)
-    probe = recon["probe"].values if "probe" in recon else None
-    phase = mask_unilluminated(phase, recon, args.illumination_threshold)
-    maps, shift_record = _shift_check(args, maps, phase, probe, diagnostics)
-    if uncertainty is not None and args.correct_shift:
-        uncertainty = uncertainty.assign_coords(y=maps["y"], x=maps["x"])
-
-    options = {"elements": elements, "energy_keV": energy, "matrix": args.matrix, "embedding": args.embedding,
-               "method": args.method, "min_area_um2": args.min_area_um2, "split": not args.no_split,
-               "illumination_threshold": args.illumination_threshold, "shift_reference": args.shift_reference,
-               "correct_shift": args.correct_shift}
-    seg = {"method": args.method, "split": not args.no_split}
-    if args.min_area_um2 is not None:
-        seg["min_area_um2"] = args.min_area_um2
-    labels = segment_phase(phase, **seg)
-    table = region_table(labels, phase, maps, energy_keV=energy, matrix=args.matrix, embedding=args.embedding,
-                         elements=elements, probe=probe, uncertainty=uncertainty)
-    pixelwise = pixel_correlations(labels, phase, maps, energy_keV=energy, probe=probe, elements=elements,
-                                   matrix=args.matrix, embedding=args.embedding)
-
-    input_path = maps.attrs.get("input_path")
-    prov = provenance("correlate", options, input_path if input_path and Path(input_path).is_file() else None)
-    write_group(args.store, "/correlation/labels", labels.to_dataset(), provenance=prov)
-    regions = regions_to_dataset(table)
-    regions.attrs.update(shift_record)
-    write_group(args.store, "/correlation/regions", regions, provenance=prov)
-    write_group(args.store, "/correlation/pixelwise", correlations_to_dataset(pixelwise), provenance=prov)
+    if args.correct_shift and not args.shift_reference:
+        raise InvalidInputError("--correct-shift needs --shift-reference")
+    options = CorrelateOptions(
+        elements=[e.strip() for e in args.elements.split(",") if e.strip()] if args.elements else None,
+        matrix=args.matrix, embedding=args.embedding, method=args.method, min_area_um2=args.min_area_um2,
+        split=not args.no_split, illumination_threshold=args.illumination_threshold,
+        shift_reference=args.shift_reference, correct_shift=args.correct_shift,
+    )
+    options.check()
     csv = Path(args.csv) if args.csv else Path(str(Path(args.store)).rstrip("/").removesuffix(".zarr") + "_regions.csv")
     if not csv.parent.exists():
         raise InvalidInputError(f"{csv}: directory {csv.parent} does not exist")
+    groups, table, context = correlate_groups(args.store, options, args.energy_keV, log=print)
+    recorded = dict(options.__dict__, energy_keV=context["energy_keV"])
+    input_path = context["maps"].attrs.get("input_path")
+    prov = provenance("correlate", recorded, input_path if input_path and Path(input_path).is_file() else None)
+    for group, dataset in groups.items():
+        write_group(args.store, group, dataset, provenance=prov)
     table.to_csv(csv, float_format="%.6g")
     if args.figure:
-        _figure(args.figure, labels, phase, maps, elements[0], energy, probe, args)
+        _figure(args.figure, context["labels"], context["phase"], context["maps"], context["elements"][0],
+                context["energy_keV"], context["probe"], args)
+    energy = context["energy_keV"]
     print(f"{len(table)} region(s) on the phase ({energy:g} keV, matrix {args.matrix}, embedding "
           f"{args.embedding}: {table.attrs['ug_cm2_per_rad']:.1f} ug/cm2 per rad); wrote "
-          f"/correlation/labels, /correlation/regions, /correlation/pixelwise to {args.store} and {csv}")
+          f"{', '.join(groups)} to {args.store} and {csv}")
     for label, row in table.iterrows():
         print(f"  region {label}: {row['area_um2']:.3g} um2, areal mass {row['areal_mass_ug_cm2']:.4g} "
               f"+- {row['areal_mass_err_ug_cm2']:.2g} ug/cm2, mass {row['mass_pg']:.4g} pg")

@@ -26,35 +26,6 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def load_phase_and_maps(store: str):
-    """The phase (DataArray) and element maps (Dataset) of a results store, loaded."""
-    from ..errors import InvalidInputError
-    from ..io.results import read_group
-
-    maps = read_group(store, "/xrf/elemental_maps").load()
-    recon = read_group(store, "/reconstructed").load()
-    if "phase" not in recon:
-        raise InvalidInputError(f"{store}: /reconstructed has no phase")
-    return recon["phase"], maps, recon
-
-
-def mask_unilluminated(phase, recon, threshold: float):
-    """The phase with NaN where the reconstruction saw (almost) no beam."""
-    import numpy as np
-    from scipy import ndimage
-
-    from ..footprint import footprint_radius_um, probe_intensity
-
-    if threshold <= 0 or "illumination" not in recon:
-        return phase
-    illumination = np.asarray(recon["illumination"].values, dtype=float)
-    size, probe = 3, recon["probe"].values if "probe" in recon else None
-    if probe is not None:
-        size = max(3, int(round(footprint_radius_um(probe_intensity(probe), 1.0))))  # in pixels
-    smooth = ndimage.uniform_filter(illumination, size)
-    return phase.where(smooth >= threshold * smooth.max())
-
-
 def run(args: argparse.Namespace) -> int:
     """Draw and save the overlay figure."""
     import matplotlib as mpl
@@ -68,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--alpha must be in (0, 1]")
     if args.cmap not in mpl.colormaps:
         raise InvalidInputError(f"unknown colour map {args.cmap!r}")
+    from ..stages import load_phase_and_maps, mask_unilluminated
+
     phase, maps, recon = load_phase_and_maps(args.store)
     phase = mask_unilluminated(phase, recon, args.illumination_threshold)
     elements = select_elements(maps, args.elements)

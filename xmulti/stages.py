@@ -1,0 +1,206 @@
+"""What each pipeline stage computes, shared by ``xmulti run`` and the single-stage commands.
+
+A stage function takes the opened scan (or the results store, for stages that build on earlier
+results) and its options, and returns ``{group path: xarray.Dataset}`` for the results store. It
+writes nothing: :mod:`xmulti.pipeline` and the commands write the groups atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import InvalidInputError
+from .options import CorrelateOptions, PtychoOptions, XRFOptions
+
+__all__ = [
+    "fit_xrf_groups",
+    "reconstruct_groups",
+    "correlate_groups",
+    "load_phase_and_maps",
+    "mask_unilluminated",
+]
+
+
+def _persist_with_progress(ds, client, log):
+    """Compute a lazy Dataset with a progress display, under any scheduler."""
+    if not any(getattr(v, "chunks", None) for v in ds.variables.values()):
+        return ds
+    if client is not None:
+        from dask.distributed import progress
+
+        persisted = client.persist(ds)
+        if log is not None:
+            progress(persisted, notebook=False)
+            print(file=sys.stderr)
+        return persisted.compute()
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr if log is not None else open(os.devnull, "w")):  # noqa: SIM115
+        return ds.compute()
+
+
+def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``/xrf/elemental_maps`` (one variable per element) and ``/xrf/fit`` (diagnostics)."""
+    from .xrf.maps import fit_xrf
+
+    result = fit_xrf(tree, elements=options.elements, background=options.background)
+    result = _persist_with_progress(result, client, log)
+    symbols = set(result.attrs.get("elements", []))
+    element_vars = [name for name in result.data_vars if name in symbols]
+    maps = result[element_vars]
+    maps.attrs = dict(result.attrs)
+    diagnostics = result.drop_vars(element_vars)
+    return {"/xrf/elemental_maps": maps, "/xrf/fit": diagnostics}
+
+
+def reconstruct_groups(tree, options: PtychoOptions, client=None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``/reconstructed``: phase, amplitude, probe, pixel size, errors, corrected positions."""
+    from .ptycho.reconstruct import reconstruct
+
+    last = [0.0]
+
+    def report(epoch: int, total: int, error: float) -> None:
+        now = time.monotonic()
+        if log is not None and (now - last[0] > 2.0 or epoch == total):
+            last[0] = now
+            log(f"  reconstruct: epoch {epoch}/{total}, error {error:.4g}")
+
+    result = reconstruct(
+        tree,
+        engine=options.engine,
+        iterations=options.iterations,
+        probe_modes=options.probe_modes,
+        position_correction=options.position_correction,
+        progress=report,
+    )
+    result.attrs["energy_keV"] = float(tree["ptychography"].attrs["energy_keV"])
+    return {"/reconstructed": result}
+
+
+def load_phase_and_maps(store: str | os.PathLike):
+    """The phase (DataArray), element maps (Dataset) and ``/reconstructed`` of a results store."""
+    from .io.results import read_group
+
+    maps = read_group(store, "/xrf/elemental_maps").load()
+    recon = read_group(store, "/reconstructed").load()
+    if "phase" not in recon:
+        raise InvalidInputError(f"{store}: /reconstructed has no phase")
+    return recon["phase"], maps, recon
+
+
+def mask_unilluminated(phase, recon, threshold: float):
+    """The phase with NaN where the reconstruction saw (almost) no beam."""
+    import numpy as np
+    from scipy import ndimage
+
+    from .footprint import footprint_radius_um, probe_intensity
+
+    if threshold <= 0 or "illumination" not in recon:
+        return phase
+    illumination = np.asarray(recon["illumination"].values, dtype=float)
+    size, probe = 3, recon["probe"].values if "probe" in recon else None
+    if probe is not None:
+        size = max(3, int(round(footprint_radius_um(probe_intensity(probe), 1.0))))  # in pixels
+    smooth = ndimage.uniform_filter(illumination, size)
+    return phase.where(smooth >= threshold * smooth.max())
+
+
+def _energy_keV(store, given: float | None, groups) -> float:
+    if given is not None:
+        if not given > 0:
+            raise InvalidInputError("the photon energy must be positive")
+        return float(given)
+    for ds in groups:
+        for key in ("incident_energy_keV", "energy_keV"):
+            if key in ds.attrs:
+                return float(ds.attrs[key])
+    raise InvalidInputError(f"{store}: no photon energy recorded in the store; give --energy-keV")
+
+
+def _shift_check(options: CorrelateOptions, maps, phase, probe, diagnostics, log):
+    """Estimate (and apply when asked) the residual XRF-phase shift; returns maps and a record."""
+    from .register import correct_shift, estimate_shift
+
+    if not options.shift_reference:
+        return maps, {}
+    if probe is None:
+        raise InvalidInputError("the shift check needs /reconstructed/probe")
+    name = options.shift_reference
+    source = maps if name in maps else diagnostics if diagnostics is not None and name in diagnostics else None
+    if source is None:
+        raise InvalidInputError(f"shift reference {name}: no such map in /xrf/elemental_maps or /xrf/fit")
+    estimate = estimate_shift(source[name].load(), phase, probe)
+    if log is not None:
+        log(f"  residual XRF-phase shift: {estimate}")
+    record = {"residual_shift_um": list(estimate.shift_um), "residual_shift_steps": list(estimate.shift_steps),
+              "residual_shift_correlation": estimate.correlation, "shift_corrected": bool(options.correct_shift)}
+    return (correct_shift(maps, estimate.shift_um) if options.correct_shift else maps), record
+
+
+def correlate_groups(
+    store: str | os.PathLike,
+    options: CorrelateOptions,
+    energy_keV: float | None = None,
+    log: Callable[[str], None] | None = None,
+):
+    """Cells segmented on the phase and per-region / pixelwise statistics, from a results store.
+
+    Returns
+    -------
+    groups : dict
+        ``/correlation/labels``, ``/correlation/regions``, ``/correlation/pixelwise``.
+    table : pandas.DataFrame
+        The per-region table.
+    context : dict
+        ``phase``, ``maps``, ``labels``, ``probe``, ``energy_keV``, ``elements`` for figures.
+    """
+    from .correlate import (
+        correlations_to_dataset,
+        pixel_correlations,
+        region_table,
+        regions_to_dataset,
+        segment_phase,
+        select_elements,
+    )
+    from .io.results import read_group
+
+    phase, maps, recon = load_phase_and_maps(store)
+    elements = select_elements(maps, ",".join(options.elements) if options.elements else None)
+    groups = [maps, recon]
+    uncertainty = diagnostics = None
+    try:
+        diagnostics = read_group(store, "/xrf/fit")
+    except InvalidInputError:
+        pass
+    if diagnostics is not None:
+        groups.append(diagnostics)
+        sigmas = [f"{e}_sigma" for e in elements if f"{e}_sigma" in diagnostics]
+        uncertainty = diagnostics[sigmas].load() if sigmas else None
+    energy = _energy_keV(store, energy_keV, groups)
+    probe = recon["probe"].values if "probe" in recon else None
+    phase = mask_unilluminated(phase, recon, options.illumination_threshold)
+    maps, shift_record = _shift_check(options, maps, phase, probe, diagnostics, log)
+    if uncertainty is not None and options.correct_shift:
+        uncertainty = uncertainty.assign_coords(y=maps["y"], x=maps["x"])
+    segmentation = {"method": options.method, "split": options.split}
+    if options.min_area_um2 is not None:
+        segmentation["min_area_um2"] = options.min_area_um2
+    labels = segment_phase(phase, **segmentation)
+    table = region_table(labels, phase, maps, energy_keV=energy, matrix=options.matrix,
+                         embedding=options.embedding, elements=elements, probe=probe, uncertainty=uncertainty)
+    pixelwise = pixel_correlations(labels, phase, maps, energy_keV=energy, probe=probe, elements=elements,
+                                   matrix=options.matrix, embedding=options.embedding)
+    regions = regions_to_dataset(table)
+    regions.attrs.update(shift_record)
+    out = {
+        "/correlation/labels": labels.to_dataset(),
+        "/correlation/regions": regions,
+        "/correlation/pixelwise": correlations_to_dataset(pixelwise),
+    }
+    context = {"phase": phase, "maps": maps, "labels": labels, "probe": probe, "energy_keV": energy,
+               "elements": elements}
+    return out, table, context
