@@ -13,9 +13,42 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _PUBLIC = {
+    # scans
     "open_scan": "xmulti.io.scan",
     "validate_scan": "xmulti.io.scan",
     "simulate_scan": "xmulti.simulate",
+    "make_scan": "xmulti.simulate",
+    # XRF
+    "fit_xrf": "xmulti.xrf.maps",
+    "calibrate_scan": "xmulti.xrf.maps",
+    # ptychography
+    "reconstruct": "xmulti.ptycho.reconstruct",
+    # co-registration, correlation, figures
+    "maps_to_phase_grid": "xmulti.register",
+    "phase_to_scan_grid": "xmulti.register",
+    "estimate_shift": "xmulti.register",
+    "correct_shift": "xmulti.register",
+    "segment_phase": "xmulti.correlate",
+    "region_table": "xmulti.correlate",
+    "regions_to_dataset": "xmulti.correlate",
+    "phase_areal_mass": "xmulti.correlate",
+    "pixel_correlations": "xmulti.pixelwise",
+    "guided_xrf_segmentation": "xmulti.pixelwise",
+    "overlay_figure": "xmulti.viz",
+    "correlation_figure": "xmulti.viz",
+    "save_figure": "xmulti.viz",
+    # beamline formats
+    "convert": "xmulti.io.convert",
+    "read_mda": "xmulti.io.mda",
+    "read_maps": "xmulti.io.maps",
+    "read_eiger": "xmulti.io.eiger",
+    "read_cxi": "xmulti.io.cxi",
+    "export_cxi": "xmulti.io.cxi",
+    # pipeline and clusters
+    "run_pipeline": "xmulti.pipeline",
+    "load_options": "xmulti.options",
+    "dask_client": "xmulti.cluster",
+    # errors
     "XmultiError": "xmulti.errors",
     "InvalidScanError": "xmulti.errors",
     "InvalidInputError": "xmulti.errors",

@@ -10,7 +10,8 @@ probe intensity is the XRF excitation footprint: each element's detected counts 
 ``flux * live_fraction * sum(footprint * areal_density) * sum_lines(cross_section * efficiency)``,
 spread over the spectrum by the detector response with escape peaks; elastic and Compton
 scatter come from the matrix mass and xraylib's polarised cross-sections, plus a continuum.
-Not simulated: self-absorption, pile-up, fluorescence of a support membrane.
+The cells sit on a support membrane (Si3N4) that scatters everywhere.
+Not simulated: self-absorption, pile-up, fluorescence of the support membrane.
 """
 
 from __future__ import annotations
@@ -286,14 +287,12 @@ def make_scan(preset: str = "tiny", seed: int = 0, **overrides) -> SimulatedScan
         sensitivity[i] = 1e-6 * float(np.sum(cs * efficiency))
     rayl_m, compt_m = scatter_cross_sections_cm2_g(cfg.matrix_formula, cfg.energy_keV)
     rayl_i, compt_i = scatter_cross_sections_cm2_g(physics.ICE.formula, cfg.energy_keV)
+    rayl_s, compt_s = scatter_cross_sections_cm2_g(cfg.support_formula, cfg.energy_keV)
+    support_mass = cfg.support_thickness_um * 1e-4 * cfg.support_density_g_cm3  # g/cm2
     full_dwell = cfg.flux * beam
     lines_full = full_dwell[:, None] * areal_density * sensitivity[None, :]
-    elastic_full = full_dwell * (scatter_mass[:, 0] * rayl_m + scatter_mass[:, 1] * rayl_i)
-    compton_full = full_dwell * (scatter_mass[:, 0] * compt_m + scatter_mass[:, 1] * compt_i)
-    # a floor of scatter from the sample support keeps spectra outside cells from being empty
-    support = 0.02 * np.median(compton_full[compton_full > 0]) if np.any(compton_full > 0) else 1.0
-    compton_full = compton_full + support * beam
-    elastic_full = elastic_full + 0.3 * support * beam
+    elastic_full = full_dwell * (scatter_mass[:, 0] * rayl_m + scatter_mass[:, 1] * rayl_i + support_mass * rayl_s)
+    compton_full = full_dwell * (scatter_mass[:, 0] * compt_m + scatter_mass[:, 1] * compt_i + support_mass * compt_s)
     continuum_full = cfg.continuum_level * compton_full
     rate = lines_full.sum(axis=1) + elastic_full + compton_full + continuum_full
     dead = cfg.dead_time_fraction * rate / rate.mean()

@@ -82,6 +82,9 @@ class SimulationConfig:
         Number of cells in the field of view.
     scan_centre_um : (y, x)
         Stage position of the centre of the raster (um): deliberately not zero.
+    support_formula, support_thickness_um, support_density_g_cm3 : str, float, float
+        The membrane the cells sit on (scatters everywhere; its fluorescence is not simulated,
+        and its uniform phase is a global offset left out of the object).
     be_window_um, detector_si_mm : float
         Detector Be window and Si crystal thickness: they set the detection efficiency.
     """
@@ -119,6 +122,9 @@ class SimulationConfig:
     ice_thickness_um: float = 0.0
     n_cells: int = 2
     scan_centre_um: tuple[float, float] = (5.0, 12.0)
+    support_formula: str = "Si3N4"
+    support_thickness_um: float = 0.1
+    support_density_g_cm3: float = 3.1
     be_window_um: float = 8.0
     detector_si_mm: float = 0.35
 

@@ -77,6 +77,8 @@ def scatter_components(
 ) -> np.ndarray:
     """Unit-area elastic peak, Compton peak and continuum shape, shape (3, n_channels).
 
+    The scatter peaks include their Si escape peaks, 1.740 keV lower.
+
     The continuum (incomplete charge collection and multiple scattering) is a smooth shelf below
     the scatter peaks that rises towards low energy; it is not one of any fit's basis functions.
     """
@@ -89,8 +91,12 @@ def scatter_components(
         physics.detector_sigma_keV(e_compton, detector.noise_fwhm_keV, detector.fano),
         compton_extra_sigma_keV,
     )
-    elastic = gaussian_counts(edges, e0, sigma_el)
-    compton = gaussian_counts(edges, e_compton, sigma_c)
+    # scatter photons lose Si K-alpha photons out of the detector too (about 0.1 % at 10 keV)
+    esc_el, esc_c = physics.si_escape_fraction(np.array([e0, e_compton]))
+    elastic = (1 - esc_el) * gaussian_counts(edges, e0, sigma_el) + esc_el * gaussian_counts(
+        edges, e0 - physics.SI_KA_ESCAPE_KEV, physics.detector_sigma_keV(e0 - physics.SI_KA_ESCAPE_KEV, detector.noise_fwhm_keV, detector.fano))
+    compton = (1 - esc_c) * gaussian_counts(edges, e_compton, sigma_c) + esc_c * gaussian_counts(
+        edges, e_compton - physics.SI_KA_ESCAPE_KEV, sigma_c)
     shelf = 0.5 * erfc((centres - e_compton) / (np.sqrt(2.0) * sigma_c))
     continuum = shelf * (0.35 + np.exp(-np.clip(centres, 0.0, None) / 2.2)) * (centres > 0.3)
     continuum = continuum / continuum.sum()

@@ -1,0 +1,131 @@
+"""Per-pixel XRF fitting speed, as ratios to the matrix-product floor measured in the same run.
+
+Usage: ``python benchmarks/bench_xrf.py [--pixels 32768] [--repeat 5] [--workers 0]``
+
+Spectra: the ``small`` simulated scan (2048 channels) tiled to ``--pixels`` spectra (uint32, as
+detectors store counts). Single-threaded BLAS (per-core figures). Printed:
+
+- floor: the float32 product of the same spectra by the design matrix (2048 x K), spectra
+  already float32 in memory; and the same with the uint32 -> float32 cast included;
+- the full per-pixel fit (unconstrained + non-negative estimates, uncertainties, chi-square)
+  on float32 and on uint32 spectra, as ratios to the matching floor;
+- the SNIP option (per-pixel SNIP background, then the linear fit without continuum);
+- with ``--workers N``: ``fit_xrf``-style ``apply_ufunc`` over a Dask array on a local cluster
+  of 1 and N worker processes (scaling), ratio to the single-process figure.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # per-core figures; set before numpy loads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def best_rate(func, n_items: int, repeat: int) -> float:
+    """Items per second of the fastest of ``repeat`` runs."""
+    best = np.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - start)
+    return n_items / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pixels", type=int, default=32768)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--snip-pixels", type=int, default=4096)
+    parser.add_argument("--workers", type=int, default=0, help="also time a Dask process cluster")
+    args = parser.parse_args()
+
+    from xmulti.simulate import make_scan
+    from xmulti.xrf.calibrate import calibrate
+    from xmulti.xrf.fit import fit_spectra, prepare_fit
+    from xmulti.xrf.model import Calibration
+
+    scan = make_scan("small", seed=1)
+    cfg = scan.config
+    reps = -(-args.pixels // len(scan.spectra))
+    counts = np.ascontiguousarray(np.tile(scan.spectra, (reps, 1))[: args.pixels])
+    counts_f32 = counts.astype(np.float32)
+    n, n_channels = counts.shape
+    print(f"spectra: {n} x {n_channels} channels, {counts.sum(axis=1).mean():.0f} counts per pixel")
+
+    start = time.perf_counter()
+    result = calibrate(
+        scan.spectra.sum(axis=0), cfg.energy_keV, Calibration(*cfg.nominal_calibration_keV), list(scan.elements)
+    )
+    print(f"calibration on the summed spectrum: {time.perf_counter() - start:.2f} s (once per scan)")
+    plan = prepare_fit(result.model, result.fitted / len(scan.spectra))
+    k = plan.n_components
+    design = np.zeros((n_channels, k), dtype=np.float32)
+    design[plan.channel_slice] = result.model.matrix
+    print(f"design matrix: {n_channels} x {k} ({plan.n_fit} fitted channels)")
+
+    floor = best_rate(lambda: counts_f32 @ design, n, args.repeat)
+    floor_cast = best_rate(lambda: counts.astype(np.float32) @ design, n, args.repeat)
+    fit_f32 = best_rate(lambda: fit_spectra(counts_f32, plan), n, args.repeat)
+    fit_u32 = best_rate(lambda: fit_spectra(counts, plan), n, args.repeat)
+    print(f"floor, float32 spectra @ design:           {floor / 1e3:9.1f} k pixels/s (1.00)")
+    print(f"floor, uint32 -> float32 cast + product:   {floor_cast / 1e3:9.1f} k pixels/s "
+          f"({floor_cast / floor:.2f} of the float32 floor)")
+    print(f"fit, float32 spectra:                      {fit_f32 / 1e3:9.1f} k pixels/s "
+          f"({fit_f32 / floor:.2f} of the float32 floor)")
+    print(f"fit, uint32 spectra:                       {fit_u32 / 1e3:9.1f} k pixels/s "
+          f"({fit_u32 / floor:.2f} of the float32 floor, {fit_u32 / floor_cast:.2f} of the cast floor)")
+
+    snip_plan = prepare_fit(result.model, result.fitted / len(scan.spectra), background="snip")
+    m = min(args.snip_pixels, n)
+    snip = best_rate(lambda: fit_spectra(counts[:m], snip_plan), m, max(1, args.repeat // 2))
+    print(f"SNIP option (width {snip_plan.snip_width_channels} ch), uint32: {snip / 1e3:9.1f} k pixels/s "
+          f"({snip / floor:.3f} of the float32 floor; {fit_u32 / snip:.1f}x slower than the linear continuum)")
+
+    if args.workers:
+        scaling(counts, plan, args.workers)
+
+
+def scaling(counts, plan, workers: int) -> None:
+    """apply_ufunc over a Dask array on 1 and ``workers`` worker processes."""
+    import dask.array as da
+    import xarray as xr
+    from dask.distributed import Client, LocalCluster
+
+    from xmulti.xrf.fit import fit_spectra, output_names
+
+    mean = counts[:4096].mean(axis=0)  # small: what each worker draws its chunk from
+
+    def chunk(block_id=None):
+        rng = np.random.default_rng(block_id[0])
+        return rng.poisson(np.broadcast_to(mean, (4096, mean.size))).astype(np.uint32)
+
+    n_chunks = counts.shape[0] // 4096
+    data = da.map_blocks(chunk, dtype=counts.dtype, chunks=((4096,) * n_chunks, (counts.shape[1],)))
+    spectra = xr.DataArray(data, dims=("position", "channel"))
+    rates = {}
+    for n_workers in sorted({1, workers}):
+        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True) as cluster, Client(cluster):
+            persisted = spectra.persist()  # data in the workers: time the fit, not the transfer
+
+            def run(data=persisted):
+                return xr.apply_ufunc(
+                    fit_spectra, data, kwargs={"plan": plan}, input_core_dims=[["channel"]],
+                    output_core_dims=[["quantity"]], dask="parallelized", output_dtypes=[np.float32],
+                    dask_gufunc_kwargs={"output_sizes": {"quantity": len(output_names(plan))}},
+                ).compute()
+
+            run()
+            rates[n_workers] = best_rate(run, 4096 * n_chunks, 3)
+        print(f"dask, {n_workers} worker process(es): {rates[n_workers] / 1e3:9.1f} k pixels/s "
+              f"({rates[n_workers] / rates[1]:.2f} x one process)")
+
+
+if __name__ == "__main__":
+    main()

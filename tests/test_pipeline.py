@@ -1,0 +1,210 @@
+"""xmulti run: stages into the results store, resume, interruption, scheduler address, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xmulti.errors import InvalidInputError
+from xmulti.options import load_options
+
+pytestmark = pytest.mark.cluster
+
+ELEMENTS = "P,S,K,Ca,Fe,Cu,Zn"
+
+
+def xmulti(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "xmulti.cli", *map(str, args)], capture_output=True,
+                          text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def scan_file(tmp_path_factory):
+    from xmulti.simulate import simulate_scan
+
+    return simulate_scan(tmp_path_factory.mktemp("pipeline") / "scan.h5", "tiny", seed=7)
+
+
+@pytest.fixture(scope="module")
+def reference_store(scan_file, tmp_path_factory):
+    """One uninterrupted run."""
+    store = tmp_path_factory.mktemp("ref") / "results.zarr"
+    result = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 60, "--workers", 1)
+    assert result.returncode == 0, result.stderr
+    return store, result
+
+
+def _tree(store):
+    return xr.open_datatree(store, engine="zarr")
+
+
+def test_run_writes_every_group_with_units_and_provenance(reference_store, scan_file):
+    store, result = reference_store
+    tree = _tree(store)
+    maps = tree["xrf/elemental_maps"].to_dataset()
+    assert set(ELEMENTS.split(",")) <= set(maps.data_vars)
+    assert maps["y"].attrs["units"] == "um" and maps["x"].attrs["units"] == "um"
+    rec = tree["reconstructed"].to_dataset()
+    assert {"phase", "amplitude", "probe", "pixel_size"} <= set(rec.data_vars)
+    for group in ("xrf/elemental_maps", "xrf/fit", "reconstructed"):
+        attrs = tree[group].attrs
+        assert attrs["input_path"] == str(Path(scan_file).resolve())
+        assert attrs["input_checksum"].startswith("sha256:") and attrs["xmulti_version"]
+    assert "fit-xrf" in result.stdout and "reconstruct" in result.stdout and "total" in result.stdout
+
+
+def test_rerun_skips_finished_stages_and_force_redoes(reference_store, scan_file):
+    store, _ = reference_store
+    again = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 60, "--workers", 1)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped (up to date)") == 3  # fit-xrf, reconstruct, correlate
+    changed = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 60,
+                     "--workers", 1, "--stages", "fit-xrf", "--force")
+    assert "skipped" not in changed.stdout and changed.returncode == 0
+
+
+def test_interrupted_run_resumes_to_identical_results(reference_store, scan_file, tmp_path):
+    ref_store, _ = reference_store
+    store = tmp_path / "interrupted.zarr"
+    args = [sys.executable, "-m", "xmulti.cli", "run", str(scan_file), "--out", str(store), "--elements",
+            ELEMENTS, "--iterations", "200", "--workers", "1"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (store / "xrf" / "elemental_maps" / "zarr.json").exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for line in process.stderr:  # wait until the reconstruction is under way, then kill
+            if "reconstruct: epoch" in line:
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    tree = _tree(store)
+    assert "elemental_maps" in tree["xrf"].children
+    assert "reconstructed" not in tree.children  # no half-written group
+    resumed = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 60, "--workers", 1)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("skipped (up to date)") == 1
+    ref, new = _tree(ref_store), _tree(store)
+    for group in ("xrf/elemental_maps", "reconstructed"):
+        a, b = ref[group].to_dataset().load(), new[group].to_dataset().load()
+        xr.testing.assert_allclose(a.drop_attrs(), b.drop_attrs(), rtol=1e-5, atol=1e-6)
+
+
+def test_run_on_a_scheduler_with_two_worker_processes_over_tcp(scan_file, tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+    workers = None
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+             "--nworkers", "2", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        import json
+
+        address = json.loads(scheduler_file.read_text())["address"]
+        from dask.distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        store = tmp_path / "remote.zarr"
+        result = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 20,
+                        "--scheduler", address, "--stages", "fit-xrf")
+        assert result.returncode == 0, result.stderr
+        assert "2 worker(s)" in result.stderr
+        maps = _tree(store)["xrf/elemental_maps"].to_dataset()
+        assert np.isfinite(maps["K"].values).all()
+    finally:
+        for proc in (workers, scheduler):
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+
+
+def test_unreachable_scheduler_is_one_clear_error(scan_file, tmp_path):
+    result = xmulti("run", scan_file, "--out", tmp_path / "r.zarr", "--scheduler", "tcp://127.0.0.1:9",
+                    "--stages", "fit-xrf")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot connect to the Dask scheduler at tcp://127.0.0.1:9" in result.stderr
+
+
+def test_bad_output_and_config(scan_file, tmp_path):
+    not_store = tmp_path / "data"
+    not_store.mkdir()
+    (not_store / "keep.txt").write_text("x")
+    result = xmulti("run", scan_file, "--out", not_store)
+    assert result.returncode == 2 and "not an xmulti results store" in result.stderr
+    assert (not_store / "keep.txt").read_text() == "x" and len(list(not_store.iterdir())) == 1
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("ptycho:\n  iterations: many\n")
+    result = xmulti("run", scan_file, "--out", tmp_path / "r.zarr", "--config", config)
+    assert result.returncode == 2 and "ptycho.iterations: expected int" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "r.zarr").exists()
+    config.write_text("xrf:\n  elemnts: [Fe]\n")
+    with pytest.raises(InvalidInputError, match="xrf: unknown key"):
+        load_options(config)
+
+
+def test_unwritable_output_location(scan_file, tmp_path):
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    try:
+        # root may write anywhere: then use a location no one can create directories in
+        target = readonly / "r.zarr" if not os.access(readonly, os.W_OK) else Path("/proc/xmulti-r.zarr")
+        result = xmulti("run", scan_file, "--out", target, "--stages", "fit-xrf")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "not writable" in result.stderr or "cannot create the results store" in result.stderr
+    finally:
+        readonly.chmod(0o700)
+
+
+def test_options_file_round_trip(tmp_path):
+    config = tmp_path / "ok.yaml"
+    config.write_text("stages: [fit-xrf]\nxrf:\n  elements: [Fe, Zn]\nptycho:\n  engine: rpie\n  halo_um: 1\n")
+    options = load_options(config)
+    assert options.stages == ["fit-xrf"] and options.xrf.elements == ["Fe", "Zn"]
+    assert options.ptycho.engine == "rpie" and options.ptycho.halo_um == 1
+    assert options.override("ptycho", iterations=5).ptycho.iterations == 5
+    with pytest.raises(InvalidInputError, match="ptycho.engine"):
+        options.override("ptycho", engine="magic").check()
+
+
+@pytest.mark.parametrize("profile", ["slurm-generic", "pbs-leadership"])
+def test_job_script_for_each_shipped_profile(profile):
+    pytest.importorskip("dask_jobqueue")
+    result = xmulti("cluster", "script", profile)
+    assert result.returncode == 0, result.stderr
+    directive = "#SBATCH" if profile.startswith("slurm") else "#PBS"
+    assert directive in result.stdout and "dask_worker" in result.stdout
+    assert "--nworkers" in result.stdout
+
+
+def test_bad_profile(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    profile = tmp_path / "site.yaml"
+    profile.write_text("kind: slurm\njob:\n  cores: 4\n  qeue: x\n")
+    result = xmulti("cluster", "script", profile)
+    assert result.returncode == 2 and "unknown dask-jobqueue option(s) qeue" in result.stderr

@@ -1,0 +1,91 @@
+"""Tiling of scan positions and stitching of tile objects (pure kernels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from xmulti.errors import InvalidInputError
+from xmulti.ptycho.stitch import stitch
+from xmulti.ptycho.tiles import choose_grid, core_distance_px, split_tiles
+
+SHAPE = (160, 170)
+N = 32
+
+
+@pytest.fixture(scope="module")
+def truth_and_positions():
+    rng = np.random.default_rng(0)
+    phase = ndimage.gaussian_filter(rng.standard_normal(SHAPE), 4)
+    phase *= 0.5 / phase.std()
+    truth = (np.exp(-0.1 * np.abs(phase)) * np.exp(1j * phase)).astype(np.complex64)
+    yy, xx = np.meshgrid(np.arange(20, SHAPE[0] - 20, 6.0), np.arange(20, SHAPE[1] - 20, 6.0), indexing="ij")
+    positions = np.stack([yy.ravel(), xx.ravel()], axis=1) + rng.normal(0, 0.3, (yy.size, 2))
+    return truth, positions
+
+
+@pytest.mark.parametrize("method, grid", [("grid", (2, 2)), ("grid", (3, 3)), ("kmeans", (2, 3))])
+def test_every_position_has_one_own_tile_and_halo_members(truth_and_positions, method, grid):
+    _, positions = truth_and_positions
+    halo = 12.0
+    tiles = split_tiles(positions, N, SHAPE, grid=grid, halo_px=halo, method=method)
+    assert len(tiles) == grid[0] * grid[1]
+    own_count = np.zeros(len(positions), int)
+    for tile in tiles:
+        own_count[tile.members[tile.own]] += 1
+        distance = core_distance_px(tile, positions)
+        # members are exactly the positions within the halo of the core
+        np.testing.assert_array_equal(tile.members, np.flatnonzero(distance <= halo))
+        assert np.all(distance[tile.members[tile.own]] == 0)
+        # the tile array holds every member's probe window
+        corners = np.floor(positions[tile.members] - N // 2).astype(int)
+        assert np.all(corners >= tile.offset)
+        assert np.all(corners + N <= np.add(tile.offset, tile.shape))
+    assert np.all(own_count == 1)
+    # halo positions exist: tiles overlap
+    assert sum(len(t.members) for t in tiles) > len(positions)
+
+
+@pytest.mark.parametrize("method, grid", [("grid", (2, 2)), ("grid", (3, 3)), ("kmeans", (2, 3))])
+def test_stitching_removes_offsets_ramps_and_scales(truth_and_positions, method, grid):
+    truth, positions = truth_and_positions
+    rng = np.random.default_rng(1)
+    tiles = split_tiles(positions, N, SHAPE, grid=grid, halo_px=12.0, method=method)
+    objects, illuminations = [], []
+    for k, tile in enumerate(tiles):
+        region = tuple(slice(o, o + s) for o, s in zip(tile.offset, tile.shape, strict=True))
+        iy, ix = np.indices(tile.shape) + np.reshape(tile.offset, (2, 1, 1))
+        # tile 0 keeps the gauge; the others get a random offset (any size), ramp and scale
+        theta, g, scale = (0.0, (0.0, 0.0), 1.0) if k == 0 else (
+            rng.uniform(-3, 3), rng.normal(0, 0.01, 2), rng.uniform(0.8, 1.2))
+        objects.append(truth[region] * scale * np.exp(1j * (theta + g[0] * iy + g[1] * ix)))
+        illum = np.zeros(tile.shape)
+        for p in positions[tile.members]:
+            illum += np.exp(-((iy - p[0]) ** 2 + (ix - p[1]) ** 2) / (2 * 8.0**2))
+        illuminations.append(illum)
+    obj, corrections, total = stitch(objects, tiles, illuminations, 12.0, SHAPE)
+    covered = total > 1e-3 * total.max()
+    np.testing.assert_allclose(obj[covered], truth[covered], atol=2e-5)
+    assert abs(corrections[0].theta) < 1e-9
+
+
+def test_choose_grid_follows_workers_memory_and_aspect():
+    assert choose_grid(2, 10_000, 65536, 8e9) == (1, 2)
+    ty, tx = choose_grid(4, 10_000, 65536, 8e9)
+    assert ty * tx >= 4
+    # tiny memory per worker forces more tiles: each tile's frames <= a quarter of a worker
+    ty, tx = choose_grid(2, 10_000, 65536, 1e8)
+    assert 10_000 / (ty * tx) * 65536 <= 0.25e8 * 1.01
+    ty, tx = choose_grid(8, 10_000, 65536, 8e9, aspect=2.0)
+    assert ty > tx
+
+
+def test_bad_tiling_input(truth_and_positions):
+    _, positions = truth_and_positions
+    with pytest.raises(InvalidInputError, match="tiling method"):
+        split_tiles(positions, N, SHAPE, grid=(2, 2), method="hexagons")
+    with pytest.raises(InvalidInputError, match="halo"):
+        split_tiles(positions, N, SHAPE, grid=(2, 2), halo_px=-1)
+    with pytest.raises(InvalidInputError, match="positions must be"):
+        split_tiles(positions[:, :1], N, SHAPE, grid=(2, 2))

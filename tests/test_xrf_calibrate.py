@@ -1,0 +1,145 @@
+"""Calibration on the summed spectrum against the simulator's true detector parameters.
+
+The simulator writes a nominal MCA calibration (offset 0, gain 10.4 eV) while the truth is
+offset -12 eV, gain 10.5 eV: about 9 channels off at the Compton peak.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from xmulti.errors import InvalidInputError
+from xmulti.simulate import make_scan
+from xmulti.xrf.calibrate import calibrate
+from xmulti.xrf.model import Calibration
+
+SETTINGS = dict(scan_shape=(20, 20), frame_size=16, probe_diameter_px=6.0, flux=2e9)
+
+
+@functools.cache
+def scan_for(seed: int = 0, extra: tuple = ()):
+    elements = None
+    if extra:
+        from xmulti.simulate.config import DEFAULT_ELEMENT_LEVELS_UG_CM2
+
+        elements = dict(DEFAULT_ELEMENT_LEVELS_UG_CM2, **dict(extra))
+    overrides = dict(SETTINGS, **({"elements": elements} if elements else {}))
+    return make_scan("tiny", seed=seed, **overrides)
+
+
+def _errors_in_channels(result, cfg):
+    cal = result.calibration
+    channels = np.arange(result.model.channel_slice.start, result.model.channel_slice.stop)
+    energy_error = (cal.offset_keV - cfg.energy_offset_keV) + (cal.gain_keV - cfg.energy_gain_keV) * channels
+    return (cal.offset_keV - cfg.energy_offset_keV) / cfg.energy_gain_keV, np.abs(energy_error).max() / cfg.energy_gain_keV
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        "nominal",  # the MCA's calibration as written to the file
+        "far",  # 50 eV offset error and 1.5 % gain error: ~25 channels off at the Compton peak
+    ],
+)
+def test_recovers_energy_scale_noise_and_fano(start):
+    scan = scan_for(0)
+    cfg = scan.config
+    if start == "nominal":
+        initial = Calibration(*cfg.nominal_calibration_keV)
+    else:
+        initial = Calibration(cfg.energy_offset_keV + 0.05, cfg.energy_gain_keV * 0.985)
+    result = calibrate(scan.spectra.sum(axis=0), cfg.energy_keV, initial, list(scan.elements))
+    offset_error, worst_error = _errors_in_channels(result, cfg)
+    assert abs(offset_error) < 0.1
+    assert worst_error < 0.1  # offset and gain together, over the whole fitted range
+    cal = result.calibration
+    assert cal.noise_fwhm_keV == pytest.approx(cfg.noise_fwhm_keV, rel=0.05)
+    assert cal.fano == pytest.approx(cfg.fano, rel=0.05)
+    assert cal.compton_width_keV == pytest.approx(cfg.compton_extra_sigma_keV, rel=0.05)
+    assert result.reduced_chi_square == pytest.approx(1.0, abs=0.1)
+    # amplitudes of the summed spectrum: the simulated total counts per element
+    for j, element in enumerate(scan.elements):
+        assert result.amplitudes[element] == pytest.approx(scan.line_counts[:, j].sum(), rel=0.02)
+    assert result.suggested_elements == []
+
+
+def test_elements_none_finds_the_simulated_elements():
+    scan = scan_for(1)
+    cfg = scan.config
+    result = calibrate(
+        scan.spectra.sum(axis=0), cfg.energy_keV, Calibration(*cfg.nominal_calibration_keV), None
+    )
+    assert set(result.elements) == set(scan.elements)
+    _, worst_error = _errors_in_channels(result, cfg)
+    assert worst_error < 0.1
+
+
+def test_unmodelled_element_is_suggested_from_residual_peaks():
+    scan = scan_for(0, (("Mn", 0.05),))
+    cfg = scan.config
+    fit_elements = [el for el in scan.elements if el != "Mn"]
+    with pytest.warns(UserWarning, match=r"poor fit .*\(Mn/"):
+        result = calibrate(
+            scan.spectra.sum(axis=0), cfg.energy_keV, Calibration(*cfg.nominal_calibration_keV), fit_elements,
+        )
+    assert result.elements == tuple(fit_elements)  # Mn is suggested, not added
+    assert result.suggested_elements, "the Mn K-alpha peak should stand out of the residuals"
+    strongest = result.suggested_elements[0]
+    assert strongest["energy_keV"] == pytest.approx(5.895, abs=0.03)
+    assert strongest["candidates"][0] == "Mn"
+    assert strongest["significance"] > 8
+    # and the residuals show it: Pearson residuals around Mn K-alpha are large and positive
+    near = np.abs(result.energy_keV - 5.9) < 0.1
+    assert result.residuals[near].mean() > 3
+
+
+def test_bad_input():
+    cal = Calibration(0.0, 0.0104)
+    spectrum = np.ones(1024)
+    spectrum[10] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        calibrate(spectrum, 10.0, cal, ["Fe"])
+    with pytest.raises(InvalidInputError, match="one summed spectrum"):
+        calibrate(np.ones((2, 1024)), 10.0, cal, ["Fe"])
+    with pytest.raises(InvalidInputError, match="cannot fit"):
+        calibrate(np.ones(1024), 10.0, cal, ["Fe"], fit_parameters=("offset_keV", "colour"))
+    with pytest.raises(InvalidInputError, match="no counts"):
+        calibrate(np.zeros(1024), 10.0, cal, ["Fe"])
+    with pytest.raises(InvalidInputError, match="unknown element symbol"):
+        calibrate(np.ones(1024), 10.0, cal, ["Fe", "Qq"])
+
+
+def test_pileup_component_recovers_added_sum_peaks():
+    from xmulti.xrf.model import build_model
+
+    scan = scan_for(0)
+    cfg = scan.config
+    summed = scan.expected_spectra.sum(axis=0).astype(float)
+    initial = Calibration(*cfg.nominal_calibration_keV)
+    plain = calibrate(summed, cfg.energy_keV, initial, list(scan.elements))
+    # add 20,000 pile-up counts shaped from the true lines (K K-alpha + Compton is strongest)
+    truth_cal = Calibration(cfg.energy_offset_keV, cfg.energy_gain_keV, 0.0, cfg.noise_fwhm_keV, cfg.fano)
+    from xmulti.xrf.calibrate import _detected_lines
+
+    lines = _detected_lines(plain.model, np.array(list(plain.amplitudes.values())))
+    shape = build_model([], cfg.energy_keV, truth_cal, cfg.n_channels, n_continuum=0, scatter=False,
+                        pileup_lines=lines, channel_slice=slice(0, cfg.n_channels)).matrix[:, 0]
+    spectrum = np.random.default_rng(0).poisson(summed + 2e4 * shape).astype(float)
+    with_pileup = calibrate(spectrum, cfg.energy_keV, initial, list(scan.elements), pileup=True)
+    assert "pileup" in with_pileup.model.names
+    assert with_pileup.amplitudes["pileup"] == pytest.approx(2e4, rel=0.1)
+    assert with_pileup.reduced_chi_square == pytest.approx(1.0, abs=0.1)
+
+
+def test_wrong_element_list_warns_with_suggestions():
+    scan = scan_for(0)
+    cfg = scan.config
+    with pytest.warns(UserWarning, match="poor fit of the summed spectrum"):
+        result = calibrate(
+            scan.spectra.sum(axis=0), cfg.energy_keV, Calibration(*cfg.nominal_calibration_keV), ["Fe"]
+        )
+    found = {p["candidates"][0] for p in result.suggested_elements if p["candidates"]}
+    assert {"K", "S"} <= found  # the strongest missing lines

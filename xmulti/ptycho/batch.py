@@ -1,0 +1,87 @@
+"""One mini-batch of the shared engine pipeline: windows, exit waves, far field, update.
+
+Every engine starts an update the same way: cut the object windows, form the exit waves
+``psi = P_j * O_j`` (probe shifted by the subpixel remainder only when there is one), propagate
+them to the detector, apply the detector constraint and come back with the exit-wave update
+``chi``. The engines differ in what they do with ``chi``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .data import Frames
+from .fft import FFT2
+from .forward import extract_patches, window_corners
+from .fourier import fourier_update
+from .shift import is_integral, shifted_probes
+from .state import ReconState
+
+__all__ = ["BatchWork", "exit_wave_update"]
+
+
+@dataclass
+class BatchWork:
+    """Intermediate arrays of one batch.
+
+    Attributes
+    ----------
+    index : ndarray (B,)
+        Positions of the batch.
+    corners : ndarray (B, 2) int
+        Window top-left corners on the object array.
+    frac : ndarray (B, 2) or None
+        Subpixel remainders, None when all are zero.
+    patches : array (B, N, N)
+        Object windows.
+    probes : array (K, N, N) or (B, K, N, N)
+        Probe modes as seen by each window (shared when positions are integral).
+    chi : array (B, K, N, N)
+        Exit-wave updates.
+    error, norm : float
+        Detector error terms (see :func:`xmulti.ptycho.fourier.fourier_update`).
+    """
+
+    index: np.ndarray
+    corners: np.ndarray
+    frac: np.ndarray | None
+    patches: Any
+    probes: Any
+    chi: Any
+    error: float
+    norm: float
+
+    @property
+    def shared_probe(self) -> bool:
+        """True when every window sees the same (unshifted) probe."""
+        return self.frac is None
+
+
+def exit_wave_update(
+    state: ReconState, frames: Frames, index: np.ndarray, fft: FFT2, noise: str = "gaussian"
+) -> BatchWork:
+    """Exit-wave updates ``chi`` of the positions ``index`` for the current object and probe."""
+    xp = fft.xp
+    n = state.probe.shape[-1]
+    corners, frac = window_corners(state.positions_px[index], n)
+    patches = extract_patches(state.obj, corners, n, xp)
+    if is_integral(frac):
+        frac = None
+        probes = state.probe
+        psi = probes[None, :, :, :] * patches[:, None, :, :]
+    else:
+        probes = shifted_probes(fft.forward(state.probe.copy()), frac, fft)
+        psi = probes * patches[:, None, :, :]
+    spec = fft.forward(psi)
+    # counts on valid pixels = sum A^2 over them: known beforehand
+    known = None if frames.counts is None else float(frames.counts[index].sum())
+    if len(index) and index[-1] - index[0] == len(index) - 1:
+        amplitude = frames.amplitude[index[0] : index[-1] + 1]  # sorted and contiguous: a view
+    else:
+        amplitude = frames.amplitude[index]
+    spec, error, norm = fourier_update(spec, amplitude, frames.has_invalid, noise, xp, known)
+    chi = fft.inverse(spec)
+    return BatchWork(index, corners, frac, patches, probes, chi, error, norm)

@@ -1,0 +1,245 @@
+"""Tile-parallel reconstruction over Dask: overlapping tiles, a shared probe, phase-aligned blending.
+
+The scan positions are split into tiles with a halo (:mod:`xmulti.ptycho.tiles`). Each tile is
+Dask work on any worker: a task reads only that tile's frames from the lazy scan (the graph holds
+the file path, not data) and keeps them on the worker as prepared amplitudes; further tasks run
+the engine on the tile for ``sync_every`` epochs at a time. Between rounds the client gathers the
+tiles' (small) objects and probes: the tiles agree on one probe (the members-weighted average of
+the phase-aligned tile probes) and take their halo regions from the blended object, so neighbours
+converge together. ``sync_every=None`` runs the tiles independently to the end. Finally the tiles
+are aligned (offset, ramp, scale) and blended (:mod:`xmulti.ptycho.stitch`).
+
+Every task is a pure function of its inputs, so a lost worker is replaced by recomputation from
+the graph, and the result does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .data import Frames, prepare_frames
+from .engine import run_engine
+from .fft import FFT2
+from .forward import accumulate_patches, window_corners
+from .state import EngineOptions, ReconState
+from .stitch import apply_correction, stitch
+from .tiles import Tile, core_distance_px
+
+__all__ = ["TileRun", "reconstruct_tiles", "shared_probe", "default_halo_px", "probe_radius_px"]
+
+
+@dataclass
+class TileRun:
+    """What the client needs from each tile after a round (small arrays only)."""
+
+    obj: np.ndarray
+    probe: np.ndarray
+    positions_px: np.ndarray
+    errors: list[float]
+    epoch: int
+    illumination: np.ndarray
+
+
+def _worker_threads() -> int:
+    """FFT threads of a task: the worker's thread count (the workers share the cores)."""
+    try:
+        from dask.distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
+def _prepare_tile_frames(counts: np.ndarray, mask: np.ndarray | None, saturation, clip_negative) -> Frames:
+    """Task: a tile's counts -> engine amplitudes (stays on the worker)."""
+    return prepare_frames(counts, mask, saturation, clip_negative)
+
+
+def _tile_illumination(probe: np.ndarray, positions_px: np.ndarray, shape) -> np.ndarray:
+    n = probe.shape[-1]
+    corners, _ = window_corners(positions_px, n)
+    one = (np.abs(probe) ** 2).sum(axis=0).astype(np.float32)
+    out = np.zeros(shape, np.float32)
+    accumulate_patches(out, np.broadcast_to(one, (len(corners), n, n)), corners)
+    return out
+
+
+def _run_tile(frames: Frames, state: ReconState, engine: str, epochs: int, options: EngineOptions) -> TileRun:
+    """Task: ``epochs`` epochs of the engine on one tile."""
+    state = state.copy()
+    run_engine(state, frames, engine, epochs, options, FFT2(np, _worker_threads()))
+    illum = _tile_illumination(state.probe, state.positions_px, state.obj.shape)
+    return TileRun(state.obj, state.probe, state.positions_px, state.errors, state.epoch, illum)
+
+
+def shared_probe(probes: list[np.ndarray], counts: list[int]) -> tuple[np.ndarray, list[complex]]:
+    """One probe from the tiles' probes, and the factor relating each tile's probe to it.
+
+    Tile probes may differ by the complex factor ptychography leaves free (``P a, O / a``):
+    each is referred to the first (``a_t = <P_0, P_t> / <P_0, P_0>``) before the average weighted
+    by the tiles' position counts. A tile keeps its exit waves by taking the shared probe and
+    multiplying its object by ``a_t``.
+    """
+    reference = probes[0]
+    norm = np.vdot(reference, reference)
+    factors = [complex(np.vdot(reference, p) / norm) for p in probes]
+    total = sum(counts)
+    mean = sum(w * p / a for p, a, w in zip(probes, factors, counts, strict=True)) / total
+    return mean.astype(np.complex64), factors
+
+
+def _exchange_overlaps(runs: list[TileRun], tiles: list[Tile], halo_px: float, object_shape) -> list[np.ndarray]:
+    """Each tile keeps its core and takes its halo from the blended object (in its own gauge)."""
+    objects = [r.obj for r in runs]
+    blended, corrections, _ = stitch(objects, tiles, [r.illumination for r in runs], halo_px, object_shape)
+    out = []
+    for run, tile, correction in zip(runs, tiles, corrections, strict=True):
+        region = tuple(slice(o, o + s) for o, s in zip(tile.offset, tile.shape, strict=True))
+        # blended -> this tile's gauge: undo the correction stitch applied to the tile
+        inverse = replace(correction, theta=-correction.theta, log_scale=-correction.log_scale,
+                          gradient=(-correction.gradient[0], -correction.gradient[1]))
+        theirs = apply_correction(blended[region], tile, inverse)
+        coords = np.stack(np.indices(tile.shape), axis=-1) + np.asarray(tile.offset)
+        keep = np.clip(1.0 - core_distance_px(tile, coords) / max(halo_px, 1e-9), 0.0, 1.0)
+        out.append((keep * run.obj + (1.0 - keep) * theirs).astype(np.complex64))
+    return out
+
+
+def reconstruct_tiles(
+    diffraction,
+    positions_px: np.ndarray,
+    object_shape: tuple[int, int],
+    initial_probe: np.ndarray,
+    tiles: list[Tile],
+    halo_px: float,
+    *,
+    engine: str = "lsqml",
+    iterations: int = 100,
+    sync_every: int | None = None,
+    options: EngineOptions | None = None,
+    mask: np.ndarray | None = None,
+    saturation: float | None = None,
+    clip_negative: bool = False,
+    client=None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], np.ndarray]:
+    """Reconstruct tile by tile on a Dask cluster and stitch.
+
+    Parameters
+    ----------
+    diffraction : dask.array.Array (M, N, N)
+        Counts (lazy; each tile task reads only its members' frames).
+    positions_px : ndarray (M, 2)
+        Beam centres as fractional global object indices.
+    object_shape : (int, int)
+        Global object grid.
+    initial_probe : ndarray (K, N, N) complex64
+        Starting probe modes, power already set.
+    tiles : list of Tile
+    halo_px : float
+        Halo width used for the tiling (object pixels).
+    engine, iterations, options
+        As :func:`xmulti.ptycho.engine.run_engine`.
+    sync_every : int or None
+        Epochs between probe and overlap synchronisation; None = independent tiles.
+    mask, saturation, clip_negative
+        As :func:`xmulti.ptycho.data.prepare_frames`.
+    client : dask.distributed.Client
+        Where the tiles run.
+    progress : callable, optional
+        ``progress(epoch, iterations, error)`` after each round.
+
+    Returns
+    -------
+    obj : complex64 (object_shape)
+    probe : complex64 (K, N, N)
+    positions_px : ndarray (M, 2)
+        Positions after correction, each from its own tile.
+    errors : list of float
+        Error per epoch (tiles' errors weighted by their number of positions).
+    weight : ndarray (object_shape)
+        Total blending weight (where the image is constrained).
+    """
+    import dask.array as da
+
+    if client is None:
+        raise InvalidInputError("tile-parallel reconstruction needs a Dask client")
+    if sync_every is not None and sync_every < 1:
+        raise InvalidInputError(f"sync_every must be >= 1 or None, got {sync_every}")
+    opts = options or EngineOptions()
+    diffraction = da.asarray(diffraction)
+    mask_future = client.scatter(mask, broadcast=True) if mask is not None else None
+    frames = []
+    for tile in tiles:
+        counts = diffraction[np.asarray(tile.members)]
+        frames.append(client.submit(_prepare_tile_frames, client.compute(counts), mask_future,
+                                    saturation, clip_negative, pure=True))
+    probe = np.asarray(initial_probe, np.complex64)
+    states = []
+    for tile in tiles:
+        local = positions_px[tile.members] - np.asarray(tile.offset)
+        states.append(ReconState(np.ones(tile.shape, np.complex64), probe.copy(), local))
+    step = iterations if sync_every is None else sync_every
+    errors: list[float] = []
+    done = 0
+    runs: list[TileRun] = []
+    while done < iterations:
+        epochs = min(step, iterations - done)
+        futures = [
+            client.submit(_run_tile, frames[t], states[t], engine, epochs,
+                          replace(opts, seed=opts.seed + 1009 * t), pure=True)
+            for t in range(len(tiles))
+        ]
+        runs = client.gather(futures)
+        weights = [len(t.members) for t in tiles]
+        for k in range(epochs):
+            errors.append(float(sum(w * r.errors[done + k] for w, r in zip(weights, runs, strict=True)) / sum(weights)))
+        done += epochs
+        if progress is not None:
+            progress(done, iterations, errors[-1])
+        if done >= iterations:
+            break
+        objects = _exchange_overlaps(runs, tiles, halo_px, object_shape)
+        probe, factors = shared_probe([r.probe for r in runs], weights)
+        states = [
+            ReconState(obj * np.complex64(a), probe.copy(), r.positions_px.copy(), list(r.errors), r.epoch)
+            for obj, a, r in zip(objects, factors, runs, strict=True)
+        ]
+    obj, _, weight = stitch([r.obj for r in runs], tiles, [r.illumination for r in runs], halo_px, object_shape)
+    probe, _ = shared_probe([r.probe for r in runs], [len(t.members) for t in tiles])
+    corrected = np.array(positions_px, dtype=np.float64, copy=True)
+    for tile, run in zip(tiles, runs, strict=True):
+        own = tile.members[tile.own]
+        corrected[own] = run.positions_px[tile.own] + np.asarray(tile.offset)
+    return obj, probe, corrected, errors, weight
+
+
+def probe_radius_px(probe: np.ndarray, fraction: float = 0.9) -> float:
+    """Radius (pixels, about the array centre) holding ``fraction`` of the probe's power."""
+    intensity = (np.abs(np.asarray(probe)) ** 2).reshape(-1, *np.shape(probe)[-2:]).sum(axis=0)
+    n = intensity.shape[-1]
+    yy, xx = np.indices(intensity.shape)
+    radius = np.hypot(yy - n // 2, xx - n // 2).ravel()
+    order = np.argsort(radius)
+    cumulative = np.cumsum(intensity.ravel()[order])
+    return float(radius[order][np.searchsorted(cumulative, fraction * cumulative[-1])])
+
+
+def default_halo_px(positions_px: np.ndarray, probe: np.ndarray) -> float:
+    """Halo width: the probe radius (90 % of its power), at least two scan steps, so that a core
+    pixel sees all the views that constrain it (PTYCHO.md: at 70 % overlap the probe radius is
+    about two steps)."""
+    p = np.asarray(positions_px)
+    radius = probe_radius_px(probe)
+    if len(p) < 2:
+        return radius
+    from scipy.spatial import cKDTree
+
+    distance, _ = cKDTree(p).query(p, k=2)
+    step = float(np.median(distance[:, 1]))
+    return max(radius, 2 * step) if math.isfinite(step) else radius

@@ -1,0 +1,182 @@
+"""The epoch loop shared by all engines: batches, probe/position schedules, error history.
+
+:func:`run_engine` works on any :class:`~xmulti.ptycho.state.ReconState` and the matching
+:class:`~xmulti.ptycho.data.Frames` (same positions, same order), so a tile of a decomposed
+reconstruction runs it on its own subset of positions and object sub-array, and can hand back
+the probe and object after a few epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .batch import exit_wave_update
+from .data import Frames
+from .fft import FFT2, get_xp
+from .forward import check_windows, window_corners
+from .lsqml import LsqmlAccumulator, lsqml_update
+from .positions import clip_positions, position_shifts
+from .probe import orthogonalize_modes
+from .rpie import rpie_update
+from .state import EngineOptions, ReconState
+
+__all__ = ["ENGINES", "run_engine"]
+
+ENGINES = {"rpie": rpie_update, "epie": rpie_update, "lsqml": lsqml_update}
+
+
+def _check(state: ReconState, frames: Frames) -> None:
+    m, n, _ = frames.shape
+    if state.probe.ndim != 3 or state.probe.shape[1:] != (n, n):
+        raise InvalidInputError(
+            f"probe shape {tuple(state.probe.shape)} does not match the frames ({n}, {n})"
+        )
+    if state.positions_px.shape != (m, 2):
+        raise InvalidInputError(
+            f"{state.positions_px.shape[0]} positions for {m} diffraction frames"
+        )
+    if not np.isfinite(state.positions_px).all():
+        bad = np.flatnonzero(~np.isfinite(state.positions_px).all(axis=1))
+        raise InvalidInputError(
+            f"positions contain NaN or inf ({bad.size} position(s), first index {int(bad[0])})"
+        )
+    corners, frac = window_corners(state.positions_px, n)
+    check_windows(corners, frac, n, state.obj.shape)
+
+
+def _apply_momentum(state: ReconState, before: tuple, momentum: float, probe: bool) -> None:
+    """Heavy-ball step: ``v = m v + (x - x_before)``, ``x += m v`` for object (and probe)."""
+    d_obj = state.obj - before[0]
+    d_probe = state.probe - before[1]
+    if state.velocity is None or state.velocity[1].shape != d_probe.shape:
+        state.velocity = (d_obj, d_probe)
+    else:
+        vo, vp = state.velocity
+        vo *= np.float32(momentum)
+        vo += d_obj
+        vp *= np.float32(momentum)
+        vp += d_probe
+    m = np.float32(momentum)
+    state.obj += m * state.velocity[0]
+    if probe:
+        state.probe += m * state.velocity[1]
+
+
+def run_engine(
+    state: ReconState,
+    frames: Frames,
+    engine: str = "lsqml",
+    iterations: int = 100,
+    options: EngineOptions | None = None,
+    fft: FFT2 | None = None,
+    callback: Callable[[ReconState], None] | None = None,
+) -> ReconState:
+    """Run ``iterations`` epochs of an engine on ``state`` (modified in place and returned).
+
+    Parameters
+    ----------
+    state : ReconState
+        Object, probe modes and positions (fractional object indices of the beam centres).
+    frames : Frames
+        Measured amplitudes of the same positions, in the same order.
+    engine : {"lsqml", "rpie", "epie"}
+        "epie" is rPIE with ``alpha = beta = 1``.
+    iterations : int
+        Epochs (every usable position updated once per epoch).
+    options : EngineOptions, optional
+    fft : FFT2, optional
+        FFT backend (threads, array module); default: numpy/scipy with all CPUs.
+    callback : callable, optional
+        Called with the state after each epoch (progress display, tile synchronisation).
+
+    Returns
+    -------
+    ReconState
+    """
+    if engine not in ENGINES:
+        raise InvalidInputError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}")
+    if iterations < 0:
+        raise InvalidInputError(f"iterations must be >= 0, got {iterations}")
+    opts = EngineOptions(**(options or EngineOptions()).__dict__)  # a copy: defaults filled below
+    if engine == "epie":
+        opts.alpha = opts.beta = 1.0
+    if opts.noise not in ("gaussian", "poisson"):
+        raise InvalidInputError(f"unknown noise model {opts.noise!r}; use 'gaussian' or 'poisson'")
+    _check(state, frames)
+    m, n, _ = frames.shape
+    if opts.batch_size is None:
+        opts.batch_size = 32 if engine != "lsqml" else m
+    # positions per chunk of work arrays: memory and cache bound, whatever the batch size
+    chunk = max(1, int(opts.chunk_bytes // (8 * n * n * state.probe.shape[0])))
+    if opts.momentum is None:
+        opts.momentum = 0.8 if engine == "lsqml" else 0.0
+    if opts.batch_size < 1:
+        raise InvalidInputError(f"batch_size must be >= 1, got {opts.batch_size}")
+    fft = fft or FFT2(get_xp(state.obj))
+    update = ENGINES[engine]
+    usable = np.flatnonzero(frames.usable)
+    nominal = state.positions_px.copy()
+    pos_floor = 0.0  # position-gradient regularisation, from the previous epoch
+    for _ in range(iterations):
+        rng = np.random.default_rng(opts.seed + 7919 * state.epoch)
+        order = rng.permutation(usable)
+        update_probe = opts.update_probe and state.epoch >= opts.probe_update_start
+        correct = opts.position_correction and state.epoch >= opts.position_start
+        err = norm = 0.0
+        strengths = []
+        if opts.momentum > 0:
+            before = (state.obj.copy(), state.probe.copy())
+        size = min(opts.batch_size, opts.position_batch_size) if correct else opts.batch_size
+        for start in range(0, len(order), size):
+            idx = np.sort(order[start : start + size])
+            acc = LsqmlAccumulator(state, len(idx), update_probe, fft.xp) if engine == "lsqml" else None
+            moves = []
+            for c in range(0, len(idx), chunk if acc is not None else len(idx)):
+                cidx = idx[c : c + chunk] if acc is not None else idx
+                work = exit_wave_update(state, frames, cidx, fft, opts.noise)
+                err += work.error
+                norm += work.norm
+                if correct:
+                    shifts, strength = position_shifts(work, fft.xp, pos_floor)
+                    strengths.append((cidx, strength))
+                    moves.append((cidx, shifts))
+                if acc is None:
+                    update(state, work, opts, fft, update_probe)
+                else:
+                    acc.add(work, fft)
+            if acc is not None:
+                acc.apply(state, opts, fft)
+            for cidx, shifts in moves:
+                step = np.clip(opts.position_step * shifts, -opts.max_shift_px, opts.max_shift_px)
+                state.positions_px[cidx] += step
+        if opts.momentum > 0:
+            _apply_momentum(state, before, opts.momentum, update_probe)
+        if update_probe and state.probe_support is not None:
+            spec = fft.forward(state.probe.copy())
+            spec *= state.probe_support
+            state.probe = fft.inverse(spec)
+        if correct:
+            where = np.concatenate([i for i, _ in strengths])
+            strength = np.concatenate([s for _, s in strengths]).min(axis=1)
+            typical = float(np.percentile(strength, 90))
+            pos_floor = opts.position_reg * typical
+            # remove the common drift, measured on the well-determined positions only
+            strong = where[strength >= 0.1 * typical]
+            ref = strong if len(strong) else usable
+            drift = (state.positions_px[ref] - nominal[ref]).mean(axis=0)
+            state.positions_px -= drift
+            state.positions_px = clip_positions(state.positions_px, n, state.obj.shape)
+        if state.probe.shape[0] > 1 and opts.orthogonalize_every > 0:
+            if (state.epoch + 1) % opts.orthogonalize_every == 0:
+                state.probe, u = orthogonalize_modes(state.probe, return_transform=True)
+                if state.velocity is not None:
+                    vp = state.velocity[1]
+                    state.velocity = (state.velocity[0], (u @ vp.reshape(len(u), -1)).reshape(vp.shape))
+        state.errors.append(err / norm if norm > 0 else float("nan"))
+        state.epoch += 1
+        if callback is not None:
+            callback(state)
+    return state

@@ -1,0 +1,160 @@
+"""LSQ-ML updates: least-squares maximum-likelihood with optimal steps per update direction.
+
+Odstrcil, Menzel & Guizar-Sicairos, "Iterative least-squares solver for generalized
+maximum-likelihood ptychography", Opt. Express 26, 3108 (2018). Per mini-batch:
+
+1. exit-wave updates ``chi_j`` from the Gaussian or Poisson likelihood (see
+   :mod:`xmulti.ptycho.fourier`);
+2. preconditioned update directions (their Eqs. 24-25, with regularisation ``delta``)::
+
+       dO = sum_j conj(P_j) chi_j / (sum_j |P_j|^2 + delta_O)
+       dP = sum_j conj(O_j) chi_j / (sum_j |O_j|^2 + delta_P)
+
+3. per position (on up to 64 positions spread over the batch), the step lengths ``(a_O, a_P)``
+   minimising
+   ``|| chi_j - a_O dO_j P_j - a_P O_j dP ||^2`` (a 2x2 least-squares system, their Eq. 22);
+4. object and probe move by the batch-mean steps along their directions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .batch import BatchWork
+from .fft import FFT2
+from .forward import extract_patches
+from .shift import shifted_probes
+from .state import EngineOptions, ReconState
+from .updates import object_sums, probe_sums
+
+__all__ = ["lsqml_update", "real_dot"]
+
+# positions per batch on which the step lengths are estimated (their mean is what is applied)
+_STEP_SAMPLE = 64
+
+
+def real_dot(a: Any, b: Any, xp: Any = np) -> Any:
+    """``sum Re(conj(a) b)`` over all axes but the first: (B,) float64.
+
+    Computed as batched real dot products of the float32 views (BLAS, blocked summation),
+    several times faster than an einsum accumulating in float64.
+    """
+    bsz = a.shape[0]
+    av = xp.ascontiguousarray(a).view(np.float32).reshape(bsz, 1, -1)
+    bv = xp.ascontiguousarray(b).view(np.float32).reshape(bsz, -1, 1)
+    return xp.matmul(av, bv)[:, 0, 0].astype(np.float64)
+
+
+def optimal_steps(
+    chi: Any, d_obj: Any, d_probe: Any | None, xp: Any = np
+) -> tuple[Any, Any | None]:
+    """Per-position least-squares steps for the object (and probe) directions.
+
+    Parameters
+    ----------
+    chi : array (B, K, N, N)
+        Exit-wave updates.
+    d_obj : array (B, K, N, N)
+        ``dO_j P_j``, the exit-wave change per unit object step.
+    d_probe : array (B, K, N, N) or None
+        ``O_j dP``, the exit-wave change per unit probe step (None: object only).
+
+    Returns
+    -------
+    a_obj, a_probe : arrays (B,) float64 (``a_probe`` None when ``d_probe`` is None)
+    """
+    a11 = real_dot(d_obj, d_obj, xp)
+    b1 = real_dot(d_obj, chi, xp)
+    tiny = 1e-12 * (float(a11.max()) + 1e-30)
+    if d_probe is None:
+        return b1 / (a11 + tiny), None
+    a22 = real_dot(d_probe, d_probe, xp)
+    a12 = real_dot(d_obj, d_probe, xp)
+    b2 = real_dot(d_probe, chi, xp)
+    # small Tikhonov term keeps the 2x2 solve stable when the directions are nearly parallel
+    a11 = a11 + tiny + 1e-3 * a11
+    a22 = a22 + tiny + 1e-3 * a22
+    det = a11 * a22 - a12 * a12
+    return (a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det
+
+
+class LsqmlAccumulator:
+    """Sums of one LSQ-ML batch, accumulated chunk by chunk (memory bounded by the chunk).
+
+    ``add`` takes the exit-wave updates of a chunk of the batch's positions (all computed with
+    the same object and probe); ``apply`` forms the directions, estimates the steps on a sample
+    of the positions (their batch mean is what is applied) and updates the state.
+    """
+
+    def __init__(self, state: ReconState, n_positions: int, update_probe: bool, xp: Any = np):
+        self.xp = xp
+        self.update_probe = update_probe
+        self.num = xp.zeros(state.obj.shape, np.complex64)
+        self.illum = xp.zeros(state.obj.shape, np.float32)
+        self.pnum = xp.zeros(state.probe.shape, np.complex64) if update_probe else None
+        self.pden = xp.zeros(state.probe.shape[1:], np.float32) if update_probe else None
+        self.stride = max(1, n_positions // _STEP_SAMPLE)
+        self.seen = 0
+        self.samples: list[tuple] = []
+
+    def add(self, work: BatchWork, fft: FFT2) -> None:
+        """Accumulate one chunk (``work.chi`` is consumed)."""
+        # positions kept for the step estimate: every stride-th of the whole batch
+        first = (-self.seen) % self.stride
+        pick = np.arange(first, len(work.index), self.stride)
+        self.seen += len(work.index)
+        if len(pick):
+            probes = None if work.shared_probe else work.probes[pick]
+            frac = None if work.frac is None else work.frac[pick]
+            self.samples.append((work.chi[pick], work.patches[pick], probes, work.corners[pick], frac))
+        if self.update_probe:
+            pnum, pden = probe_sums(work, fft)
+            self.pnum += pnum
+            self.pden += pden
+        box, num, illum, _ = object_sums(work, self.xp, consume=True)
+        self.num[box] += num
+        self.illum[box] += illum
+
+    def apply(self, state: ReconState, opts: EngineOptions, fft: FFT2) -> None:
+        """Directions, optimal steps, and the update of ``state`` (in place)."""
+        xp = self.xp
+        n = state.probe.shape[-1]
+        illum = self.illum
+        illum += np.float32(opts.reg_object) * illum.max() + np.float32(1e-12)
+        d_obj = self.num
+        d_obj /= illum
+        chi = xp.concatenate([s[0] for s in self.samples])
+        patches = xp.concatenate([s[1] for s in self.samples])
+        corners = np.concatenate([s[3] for s in self.samples])
+        shared = self.samples[0][2] is None
+        probes = state.probe[None] if shared else xp.concatenate([s[2] for s in self.samples])
+        dop = extract_patches(d_obj, corners, n, xp)[:, None] * probes
+        if self.update_probe:
+            pden = self.pden + np.float32(opts.reg_probe) * self.pden.max() + np.float32(1e-12)
+            d_probe = self.pnum / pden[None]
+            if shared:
+                odp = patches[:, None] * d_probe[None]
+            else:
+                frac = np.concatenate([s[4] for s in self.samples])
+                odp = patches[:, None] * shifted_probes(fft.forward(d_probe.copy()), frac, fft)
+            a_obj, a_probe = optimal_steps(chi, dop, odp, xp)
+        else:
+            a_obj, a_probe = optimal_steps(chi, dop, None, xp)
+        # batch-mean steps, kept in a sane range: the directions are already normalised so
+        # that a step of 1 is a full projection where the illumination is strong
+        step_o = np.float32(opts.relax * np.clip(float(a_obj.mean()), 0.0, 2.0))
+        state.obj += step_o * d_obj
+        if self.update_probe:
+            step_p = np.float32(opts.relax * np.clip(float(a_probe.mean()), 0.0, 2.0))
+            state.probe += step_p * d_probe
+
+
+def lsqml_update(
+    state: ReconState, work: BatchWork, opts: EngineOptions, fft: FFT2, update_probe: bool
+) -> None:
+    """Apply the LSQ-ML object (and probe) update of one batch to ``state`` (in place)."""
+    acc = LsqmlAccumulator(state, len(work.index), update_probe, fft.xp)
+    acc.add(work, fft)
+    acc.apply(state, opts, fft)

@@ -1,0 +1,45 @@
+"""rPIE / ePIE updates, sequential (batch of 1) or mini-batched.
+
+Maiden & Rodenburg, Ultramicroscopy 109, 1256 (2009) (ePIE); Maiden, Johnson & Li, Optica 4,
+736 (2017) (rPIE). For a batch of positions with exit-wave updates ``chi_j``::
+
+    O += sum_j conj(P_j) chi_j / ((1 - alpha) sum_j |P_j|^2 + alpha max(sum_j |P_j|^2))
+    P += sum_j conj(O_j) chi_j / ((1 - beta) sum_j |O_j|^2 + beta max(sum_j |O_j|^2))
+
+With one position per batch this is the published sequential rPIE; ``alpha = beta = 1`` gives
+the ePIE step normalisation. Object and probe are updated simultaneously from the same exit
+waves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .batch import BatchWork
+from .fft import FFT2
+from .state import EngineOptions, ReconState
+from .updates import object_sums, probe_sums
+
+__all__ = ["rpie_update"]
+
+
+def rpie_update(
+    state: ReconState, work: BatchWork, opts: EngineOptions, fft: FFT2, update_probe: bool
+) -> None:
+    """Apply the rPIE object (and probe) update of one batch to ``state`` (in place)."""
+    if update_probe:
+        pnum, pden = probe_sums(work, fft)
+    box, num, illum, _ = object_sums(work, fft.xp, consume=True)
+    a = np.float32(opts.alpha)
+    den = illum * (1 - a)
+    den += a * illum.max() + np.float32(1e-12)
+    den /= np.float32(opts.relax)
+    num /= den
+    state.obj[box] += num
+    if update_probe:
+        b = np.float32(opts.beta)
+        pd = pden * (1 - b)
+        pd += b * pden.max() + np.float32(1e-12)
+        pd /= np.float32(opts.relax)
+        pnum /= pd[None]
+        state.probe += pnum

@@ -1,0 +1,397 @@
+"""Per-pixel linear fit of XRF spectra: the kernel that makes elemental maps.
+
+With the calibration frozen (from the summed spectrum, :mod:`xmulti.xrf.calibrate`) the
+expected spectrum of a pixel is linear in the component amplitudes, ``mu = G a``, with the
+continuum inside ``G`` (a few smooth functions), so no per-pixel background is clipped and the
+estimate is unbiased at any count level.
+
+Weighting: the weighted least-squares estimate ``a = (G^T W G)^-1 G^T W y`` is unbiased for any
+fixed weights; with ``W = diag(1 / mu_mean)``, the inverse Poisson variance of the scan's mean
+spectrum (a per-pixel scale factor would cancel), it is close to the best linear unbiased
+estimate for every pixel whose spectrum has roughly the mean's shape. The weights being shared, the estimator is
+one fixed matrix ``P = W G (G^T W G)^-1``: ``a = y P`` is a single float32 matrix product per
+chunk of spectra (the cost floor), and everything else works in the small component space:
+
+- ``b = G^T W y = a N`` with ``N = G^T W G``;
+- weighted chi-square ``sum_c w_c (y_c - mu_c)^2 = y^2 . w - a . b``, divided by its
+  expectation per degree of freedom ``sum_c lambda_c w_c / n_fit`` (``lambda = G a+``, the
+  pixel's fitted model), so that it approximates the pixel's own Pearson chi-square, and by the
+  degrees of freedom: a reduced chi-square near 1 for a good fit;
+- 1-sigma uncertainties ``var(a_k) = sum_c P_ck^2 lambda_c`` for the Poisson variance
+  ``lambda`` of the fitted non-negative model: its peaks, plus its continuum counts spread with
+  the mean spectrum's continuum shape (the pixel's own B-spline coefficients are noisy and may
+  be negative); only small matrices ``(P^2)^T G`` enter;
+- the non-negative estimate ``a+`` minimises the same weighted chi-square under
+  ``a_k >= 0`` for peak components (elements, scatter, pile-up; the continuum's B-spline
+  coefficients stay free), solved in the component space (see :func:`nonnegative`).
+
+All-zero spectra give zero amplitudes with infinite uncertainty and chi-square 0.
+
+Also offered: SNIP background removal per pixel (:mod:`xmulti.xrf.snip`) before a fit without
+continuum functions (biased at low counts, for comparison).
+
+The kernels take an ``xp`` array module (numpy or cupy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .model import SpectralModel
+
+__all__ = ["FitPlan", "prepare_fit", "fit_spectra", "nonnegative", "unpack", "output_names"]
+
+#: Floor of the mean model spectrum in the weights, relative to its maximum.
+_WEIGHT_FLOOR = 1e-6
+#: Spectra per block inside a chunk (cache-sized).
+_BLOCK_ROWS = 128
+#: Spectra per block of the small component-space computations.
+_SMALL_BLOCK_ROWS = 512
+#: Maximum sweeps of the non-negative coordinate descent.
+_NNLS_SWEEPS = 50
+#: Stop when no value moves by more than this fraction of the largest value in a sweep.
+_NNLS_TOLERANCE = 1e-6
+
+
+@dataclass
+class FitPlan:
+    """Everything the per-pixel kernel needs, computed once and shared by all chunks.
+
+    Attributes
+    ----------
+    projection : ndarray (n_fit, K + 1) float32
+        ``P = W G N^-1`` and a last column of ones (counts in the fitted range).
+    weights : ndarray (n_fit,) float32
+        ``w = 1 / mu_mean``, for the chi-square.
+    normal : ndarray (K, K) float64
+        ``N = G^T W G``.
+    variance : ndarray (K, K) float64
+        ``Q = (P^2)^T G``: variance of the amplitudes per unit amplitude of each component.
+    continuum_area : ndarray (K,) float64
+        Counts in the fitted range per unit amplitude of each continuum function (0 for peaks).
+    continuum_variance : ndarray (K,) float64
+        ``(P^2)^T s`` for ``s`` the mean spectrum's continuum shape (unit area).
+    continuum_weighted_area : float
+        ``s . w``.
+    constrained : ndarray (K,) bool
+        Components forced non-negative in ``a+``.
+    channel_slice : slice
+        Fitted channels of the full spectrum.
+    mean_total : float
+        Counts of the mean spectrum in the fitted range.
+    weighted_area : ndarray (K,) float64
+        ``G^T w``: with it, ``a . G^T w / n_fit`` is the pixel's mean ratio to the mean spectrum.
+    n_fit : int
+        Fitted channels.
+    dof : int
+        Degrees of freedom ``n_fit - K``.
+    names : list of str
+        Component names.
+    background : str
+        ``"linear"`` or ``"snip"``.
+    snip_width_channels : int
+    """
+
+    projection: np.ndarray
+    weights: np.ndarray
+    normal: np.ndarray
+    variance: np.ndarray
+    continuum_area: np.ndarray
+    continuum_variance: np.ndarray
+    continuum_weighted_area: float
+    constrained: np.ndarray
+    channel_slice: slice
+    mean_total: float
+    weighted_area: np.ndarray
+    n_fit: int
+    dof: int
+    names: list[str]
+    background: str = "linear"
+    snip_width_channels: int = 0
+
+    @property
+    def n_components(self) -> int:
+        """Number of fitted components K."""
+        return len(self.names)
+
+
+def prepare_fit(
+    model: SpectralModel,
+    mean_spectrum,
+    background: str = "linear",
+    snip_width_channels: int | None = None,
+) -> FitPlan:
+    """Precompute the fixed linear estimator of a model.
+
+    Parameters
+    ----------
+    model : SpectralModel
+        Design matrix over the fitted channels (with continuum functions for
+        ``background="linear"``; they are dropped for ``"snip"``).
+    mean_spectrum : ndarray (n_fit,)
+        Expected counts per channel of an average pixel over the fitted range (e.g. the
+        calibration fit of the summed spectrum divided by the number of positions): sets the
+        weights ``1 / mean_spectrum``.
+    background : {"linear", "snip"}
+        Continuum inside the linear model, or SNIP subtraction before the fit.
+    snip_width_channels : int, optional
+        SNIP window (default: twice the FWHM of a peak at the middle of the range, in channels).
+
+    Returns
+    -------
+    FitPlan
+    """
+    if background not in ("linear", "snip"):
+        raise InvalidInputError(f"background must be 'linear' or 'snip', got {background!r}")
+    g = np.asarray(model.matrix, dtype=np.float64)
+    names = model.names
+    kinds = [c.kind for c in model.components]
+    if background == "snip":
+        keep = [k for k, kind in enumerate(kinds) if kind != "continuum"]
+        g, names, kinds = g[:, keep], [names[k] for k in keep], [kinds[k] for k in keep]
+    mu = np.asarray(mean_spectrum, dtype=np.float64)
+    if mu.shape != (g.shape[0],):
+        raise InvalidInputError(
+            f"mean spectrum has {mu.shape} values, the model {g.shape[0]} fitted channels"
+        )
+    mu = np.maximum(mu, max(float(mu.max()), 1e-30) * _WEIGHT_FLOOR)
+    w = 1.0 / mu
+    normal = g.T @ (w[:, None] * g)
+    try:
+        inverse = np.linalg.inv(normal)
+    except np.linalg.LinAlgError as exc:
+        raise InvalidInputError(
+            f"the spectral model is singular (components {names}); remove duplicate or "
+            "indistinguishable components"
+        ) from exc
+    p = (w[:, None] * g) @ inverse
+    projection = np.concatenate([p, np.ones((g.shape[0], 1))], axis=1).astype(np.float32)
+    if snip_width_channels is None:
+        cal = model.calibration
+        e_mid = 0.5 * (model.incident_energy_keV + 1.0)
+        from .. import physics
+
+        fwhm = physics.FWHM_PER_SIGMA * physics.detector_sigma_keV(
+            e_mid, cal.noise_fwhm_keV, cal.fano
+        )
+        snip_width_channels = int(round(2.0 * fwhm / cal.gain_keV))
+    constrained = np.array([kind != "continuum" for kind in kinds])
+    mean_amplitudes = p.T @ np.asarray(mean_spectrum, dtype=np.float64)
+    continuum_area = np.where(constrained, 0.0, g.sum(axis=0))
+    shape = g[:, ~constrained] @ mean_amplitudes[~constrained]
+    if shape.size and shape.sum() > 0:
+        shape = np.maximum(shape, 0.0) / np.maximum(shape, 0.0).sum()
+    else:
+        shape = np.zeros(g.shape[0])
+    return FitPlan(
+        projection=projection,
+        weights=w.astype(np.float32),
+        normal=normal,
+        variance=(p**2).T @ g,
+        continuum_area=continuum_area,
+        continuum_variance=(p**2).T @ shape,
+        continuum_weighted_area=float(shape @ w),
+        constrained=constrained,
+        channel_slice=model.channel_slice,
+        mean_total=float(np.sum(mean_spectrum)),
+        weighted_area=g.T @ w,
+        n_fit=int(g.shape[0]),
+        dof=max(1, g.shape[0] - g.shape[1]),
+        names=list(names),
+        background=background,
+        snip_width_channels=int(snip_width_channels),
+    )
+
+
+def output_names(plan: FitPlan) -> list[str]:
+    """Names of the columns of :func:`fit_spectra`'s packed output."""
+    names = plan.names
+    return (
+        [f"{n}" for n in names]
+        + [f"{n}_nonneg" for n in names]
+        + [f"{n}_sigma" for n in names]
+        + ["reduced_chi_square", "total_counts"]
+    )
+
+
+def fit_spectra(spectra, plan: FitPlan, xp=np):
+    """Fit a chunk of spectra with a prepared plan.
+
+    Parameters
+    ----------
+    spectra : ndarray (n, n_channels)
+        Counts, full spectra (any real dtype; the fitted channels are cast to float32).
+    plan : FitPlan
+    xp : module
+        Array module (numpy or cupy).
+
+    Returns
+    -------
+    ndarray (n, 3 K + 2) float32
+        Packed ``[a (K), a+ (K), sigma (K), reduced chi-square, counts in range]``, see
+        :func:`output_names` and :func:`unpack`. Amplitudes are counts (not normalised).
+
+    Raises
+    ------
+    InvalidInputError
+        NaN, infinite or negative counts.
+    """
+    spectra = xp.asarray(spectra)
+    if spectra.ndim != 2:
+        raise InvalidInputError(f"spectra must be (position, channel), got shape {spectra.shape}")
+    n = spectra.shape[0]
+    k = plan.n_components
+    projection = xp.asarray(plan.projection)
+    weights = xp.asarray(plan.weights)
+    product = xp.empty((n, k + 1), dtype=xp.float32)
+    weighted_square = xp.empty(n, dtype=xp.float32)
+    # Row blocks small enough to stay in cache: the cast, the product and the squares then
+    # cost one read of the spectra from memory. One reused buffer: no allocation per block
+    # (Dask workers set a low malloc trim threshold, which makes every large temporary a
+    # fresh mmap with page faults).
+    buffer = xp.empty((min(n, _BLOCK_ROWS), plan.n_fit), dtype=xp.float32)
+    for start in range(0, n, _BLOCK_ROWS):
+        stop = min(n, start + _BLOCK_ROWS)
+        y = spectra[start:stop, plan.channel_slice]
+        if y.dtype.kind not in "ui" and y.size and not bool(y.min() >= 0):  # NaN fails too
+            raise InvalidInputError("spectra contain NaN or negative counts")
+        block = buffer[: stop - start]
+        block[...] = y  # cast to float32
+        if plan.background == "snip":
+            from .snip import snip_background
+
+            block -= snip_background(block, plan.snip_width_channels, xp=xp)
+        xp.matmul(block, projection, out=product[start:stop])  # the one large matrix product
+        xp.multiply(block, block, out=block)
+        xp.matmul(block, weights, out=weighted_square[start:stop])
+    a = product[:, :k].astype(xp.float64)
+    total = product[:, k].astype(xp.float64)
+    if not bool(xp.all(xp.isfinite(total))):
+        raise InvalidInputError("spectra contain infinite counts")
+    normal = xp.asarray(plan.normal)
+    b = a @ normal
+    constrained = xp.asarray(plan.constrained)
+    a_plus = nonnegative(a, b, normal, constrained, xp=xp)
+    out = xp.empty((n, 3 * k + 2), dtype=xp.float32)
+    variance = xp.asarray(plan.variance).T
+    continuum_area = xp.asarray(plan.continuum_area)
+    continuum_variance = xp.asarray(plan.continuum_variance)[None, :]
+    weighted_area = xp.asarray(plan.weighted_area)
+    # small row blocks keep the temporaries below the allocator's mmap threshold
+    for start in range(0, n, _SMALL_BLOCK_ROWS):
+        rows = slice(start, min(n, start + _SMALL_BLOCK_ROWS))
+        ab, ap, tot = a[rows], a_plus[rows], total[rows]
+        chi2 = xp.maximum(weighted_square[rows] - xp.sum(ab * b[rows], axis=1), 0.0)
+        # Variance model lambda: the peaks of a+ plus the pixel's continuum counts spread like
+        # the mean spectrum's continuum (its own B-spline coefficients are noisy, can be < 0).
+        peaks = xp.where(constrained[None, :], ap, 0.0)
+        continuum = xp.maximum(ap @ continuum_area, 0.0)
+        var = peaks @ variance + continuum[:, None] * continuum_variance
+        sigma = xp.sqrt(xp.maximum(var, 0.0))
+        # E[sum w (y - mu)^2] = sum_c lambda_c / mu_mean_c: dividing by it (times n_fit) turns
+        # the shared-weight chi-square into the pixel's own Pearson chi-square in expectation
+        expected = peaks @ weighted_area + continuum * plan.continuum_weighted_area
+        chi2 = chi2 / xp.maximum(expected / plan.n_fit, 1e-12) / plan.dof
+        empty = tot <= 0
+        block = out[rows]
+        block[:, :k] = xp.where(empty[:, None], 0.0, ab)
+        block[:, k : 2 * k] = xp.where(empty[:, None], 0.0, ap)
+        block[:, 2 * k : 3 * k] = xp.where(empty[:, None], xp.inf, sigma)
+        block[:, 3 * k] = xp.where(empty, 0.0, chi2)
+        block[:, 3 * k + 1] = tot
+    return out
+
+
+def nonnegative(a, b, normal, constrained, max_sweeps: int = _NNLS_SWEEPS, xp=np):
+    """Non-negative least squares in the component space, for many pixels at once.
+
+    Minimises ``a^T N a / 2 - b^T a`` (the weighted chi-square of the linear model up to a
+    constant) subject to ``a_k >= 0`` for the constrained components. The free components
+    (continuum) are eliminated exactly (Schur complement ``S = N_cc - N_cf N_ff^-1 N_fc``), and
+    the small problem in the constrained components is solved by projected coordinate descent
+    (Gauss-Seidel with projection; e.g. Franc, Hlavac & Navara, CAIP 2005), vectorised over the
+    pixels that need it (those with a negative unconstrained value), starting from the clipped
+    unconstrained solution, until no value moves by more than 1e-6 of the largest value.
+
+    Parameters
+    ----------
+    a : ndarray (n, K)
+        Unconstrained solution ``N^-1 b``.
+    b : ndarray (n, K)
+        ``G^T W y``.
+    normal : ndarray (K, K)
+    constrained : ndarray (K,) bool
+    max_sweeps : int
+
+    Returns
+    -------
+    ndarray (n, K)
+    """
+    out = a.copy()
+    c = xp.flatnonzero(constrained)
+    f = xp.flatnonzero(~constrained)
+    todo = xp.flatnonzero(xp.any(a[:, c] < 0, axis=1))
+    if todo.size == 0 or c.size == 0:
+        return out
+    n_cc = normal[xp.ix_(c, c)]
+    if f.size:
+        n_ff_inv = xp.linalg.inv(normal[xp.ix_(f, f)])
+        n_fc = normal[xp.ix_(f, c)]
+        schur = n_cc - n_fc.T @ n_ff_inv @ n_fc
+        b_f = b[todo][:, f]
+        b_red = b[todo][:, c] - b_f @ (n_ff_inv @ n_fc)
+    else:
+        schur, b_red = n_cc, b[todo][:, c]
+    diag = xp.diagonal(schur).copy()
+    # (component, pixel) layout: each coordinate step reads contiguous rows, and the buffers
+    # are reused so the loop allocates nothing large
+    x = xp.ascontiguousarray(xp.maximum(a[todo][:, c], 0.0).T)
+    gradient = xp.ascontiguousarray((schur @ x) - b_red.T)
+    step = xp.empty(x.shape[1])
+    update = xp.empty_like(x)
+    tolerance = _NNLS_TOLERANCE * (float(xp.abs(x).max()) + 1e-12)
+    for _ in range(max_sweeps):
+        largest = 0.0
+        for j in range(c.size):
+            # step = max(x_j - g_j / S_jj, 0) - x_j
+            xp.divide(gradient[j], -diag[j], out=step)
+            xp.maximum(step, -x[j], out=step)
+            x[j] += step
+            xp.multiply(schur[:, j : j + 1], step[None, :], out=update)
+            gradient += update
+            largest = max(largest, float(xp.abs(step).max()))
+        if largest <= tolerance:
+            break
+    x = x.T
+    rows = out[todo]
+    rows[:, c] = x
+    if f.size:
+        rows[:, f] = (b_f - x @ n_fc.T) @ n_ff_inv
+    out[todo] = rows
+    return out
+
+
+def _to_numpy(array):
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
+def unpack(packed, plan: FitPlan) -> dict:
+    """Split :func:`fit_spectra`'s packed output into named arrays.
+
+    Returns
+    -------
+    dict
+        ``amplitudes``, ``nonneg``, ``sigma`` (each (n, K)), ``reduced_chi_square`` and
+        ``total_counts`` (n,).
+    """
+    k = plan.n_components
+    return {
+        "amplitudes": packed[:, :k],
+        "nonneg": packed[:, k : 2 * k],
+        "sigma": packed[:, 2 * k : 3 * k],
+        "reduced_chi_square": packed[:, 3 * k],
+        "total_counts": packed[:, 3 * k + 1],
+    }

@@ -1,0 +1,416 @@
+"""Labelled operations: elemental maps from a scan (xarray in, xarray out).
+
+:func:`fit_xrf` is the public entry point: it calibrates the detector on the scan's summed
+spectrum (:mod:`xmulti.xrf.calibrate`), builds the design matrix and the linear estimator once
+(:func:`xmulti.xrf.fit.prepare_fit`), and runs the per-pixel kernel over the position chunks of
+the spectra with ``xr.apply_ufunc(..., dask="parallelized")``. The estimator (a few hundred
+kB) is one object shared by every task, not rebuilt per chunk.
+
+Chunking: ``spectra`` must hold whole spectra per chunk (``channel`` in one chunk), as
+:func:`xmulti.open_scan` gives; positions may be chunked freely. Nothing is rechunked except the
+small per-position results when a raster is reshaped to ``(y, x)``. Peak memory is a few times
+one chunk of spectra.
+
+Mapping positions to images: a raster scan (``scan_shape`` known, positions row by row, y slow,
+x fast) maps directly onto ``(y, x)``, with the row coordinate the mean y of each row and the
+column coordinate the mean x of each column (:func:`xmulti.grid.raster_axes_um`). Irregular
+positions are gridded onto a regular grid of step ``grid_step_um`` (default: the median
+distance to the nearest neighbour) spanning the positions, by linear interpolation on the
+Delaunay triangulation of the positions, with nearest-neighbour values outside their convex
+hull (``scipy.interpolate.griddata``); grid coordinates are pixel centres in um.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..errors import InvalidInputError, InvalidScanError
+from .calibrate import DEFAULT_FIT_PARAMETERS, CalibrationResult, calibrate
+from .fit import prepare_fit
+from .model import Calibration
+
+__all__ = ["fit_xrf", "calibrate_scan", "calibration_diagnostics"]
+
+
+def _resolve(scan, incident_energy_keV=None):
+    """The /xrf Dataset, incident energy, scan shape and source of a DataTree or Dataset."""
+    import xarray as xr
+
+    source = None
+    root_attrs: dict = {}
+    if isinstance(scan, xr.DataTree):
+        root_attrs = dict(scan.attrs)
+        source = root_attrs.get("source")
+        if "xrf" not in scan.children:
+            raise InvalidScanError(source, "/xrf", "the scan has no XRF group")
+        ds = scan["xrf"].to_dataset()
+    elif isinstance(scan, xr.Dataset):
+        ds = scan
+        source = ds.attrs.get("source")
+    else:
+        raise InvalidInputError(
+            f"fit_xrf expects an xarray DataTree (open_scan) or the /xrf Dataset, got {type(scan).__name__}"
+        )
+    if "spectra" not in ds.data_vars:
+        raise InvalidScanError(source, "/xrf/spectra", "no spectra in the XRF group")
+    spectra = ds["spectra"]
+    if spectra.dims != ("position", "channel"):
+        raise InvalidScanError(
+            source, "/xrf/spectra", f"dims must be (position, channel), got {spectra.dims}"
+        )
+    if "energy" not in ds.coords or ds["energy"].dims != ("channel",):
+        raise InvalidScanError(
+            source, "/xrf/energy", "missing energy axis: the spectra need an 'energy' (channel) "
+            "coordinate in keV (or energy_offset_keV / energy_gain_keV attributes in the file)"
+        )
+    energy = np.asarray(ds["energy"].values, dtype=float)
+    if not np.all(np.isfinite(energy)) or np.any(np.diff(energy) <= 0):
+        raise InvalidScanError(source, "/xrf/energy", "energy axis is not finite and increasing")
+    if spectra.chunks is not None and len(spectra.chunks[1]) > 1:
+        raise InvalidInputError(
+            "spectra are chunked along channel; fit_xrf needs whole spectra per chunk "
+            "(rechunk with {'channel': -1})"
+        )
+    e0 = incident_energy_keV
+    if e0 is None:
+        e0 = ds.attrs.get("incident_energy_keV", root_attrs.get("incident_energy_keV"))
+    if e0 is None or not float(e0) > 0:
+        raise InvalidScanError(source, "/@incident_energy_keV", "incident energy missing or not positive")
+    shape = root_attrs.get("scan_shape", ds.attrs.get("scan_shape"))
+    shape = None if shape is None else tuple(int(v) for v in np.ravel(shape))
+    return ds, float(e0), shape, source
+
+
+def _initial_calibration(energy_keV: np.ndarray) -> Calibration:
+    """Offset, gain (and quadratic when the axis is not linear) of an energy axis."""
+    ch = np.arange(energy_keV.size, dtype=float)
+    quad, gain, offset = np.polyfit(ch, energy_keV, 2)
+    if abs(quad) * ch[-1] ** 2 < 1e-3 * gain:  # linear within 0.001 channel
+        gain, offset = np.polyfit(ch, energy_keV, 1)
+        quad = 0.0
+    return Calibration(offset_keV=float(offset), gain_keV=float(gain), quadratic_keV=float(quad))
+
+
+def calibrate_scan(
+    scan,
+    elements=None,
+    *,
+    initial: Calibration | None = None,
+    incident_energy_keV: float | None = None,
+    fit_parameters: tuple[str, ...] = DEFAULT_FIT_PARAMETERS,
+    energy_range_keV: tuple[float, float] | None = None,
+    n_continuum: int = 8,
+    **model_options,
+) -> CalibrationResult:
+    """Calibrate the detector on a scan's summed spectrum.
+
+    Parameters
+    ----------
+    scan : xarray.DataTree or xarray.Dataset
+        A scan from :func:`xmulti.open_scan`, or its ``/xrf`` Dataset (with an
+        ``incident_energy_keV`` attribute or argument).
+    elements : iterable of str, optional
+        Elements to model; None suggests them from the spectrum.
+    initial : Calibration, optional
+        Starting calibration; default from the ``energy`` coordinate (offset, gain) with
+        nominal noise 0.1 keV FWHM and Fano 0.114.
+    incident_energy_keV : float, optional
+        Overrides the scan's incident energy.
+    fit_parameters, energy_range_keV, n_continuum, **model_options
+        See :func:`xmulti.xrf.calibrate.calibrate`.
+
+    Returns
+    -------
+    CalibrationResult
+    """
+    ds, e0, _, source = _resolve(scan, incident_energy_keV)
+    summed = np.asarray(ds["spectra"].sum("position", dtype=np.float64, skipna=False).values)
+    if not np.all(np.isfinite(summed)):
+        raise InvalidScanError(source, "/xrf/spectra", "spectra contain NaN or infinite counts")
+    if np.any(summed < 0):
+        raise InvalidScanError(source, "/xrf/spectra", "spectra contain negative counts")
+    if initial is None:
+        initial = _initial_calibration(np.asarray(ds["energy"].values, dtype=float))
+    return calibrate(
+        summed,
+        e0,
+        initial,
+        elements,
+        fit_parameters=fit_parameters,
+        energy_range_keV=energy_range_keV,
+        n_continuum=n_continuum,
+        **model_options,
+    )
+
+
+def calibration_diagnostics(result: CalibrationResult):
+    """The summed-spectrum fit as a Dataset on ``energy`` (keV): observed, fitted, residuals."""
+    import xarray as xr
+
+    return xr.Dataset(
+        {
+            "summed_spectrum": ("energy", result.observed, {"units": "counts"}),
+            "summed_fit": ("energy", result.fitted, {"units": "counts"}),
+            "summed_residual": ("energy", result.residuals, {"units": "1", "long_name": "Pearson residual"}),
+        },
+        coords={"energy": ("energy", result.energy_keV, {"units": "keV"})},
+        attrs=_calibration_attrs(result),
+    )
+
+
+def _calibration_attrs(result: CalibrationResult) -> dict:
+    attrs = result.calibration.as_attrs()
+    attrs.update(
+        {
+            "elements": list(result.elements),
+            "incident_energy_keV": float(result.model.incident_energy_keV),
+            "fit_energy_range_keV": [float(result.energy_keV[0]), float(result.energy_keV[-1])],
+            "summed_reduced_chi_square": float(result.reduced_chi_square),
+            "suggested_elements": json.dumps(
+                [
+                    {
+                        "energy_keV": round(p["energy_keV"], 4),
+                        "significance": round(p["significance"], 1),
+                        "candidates": p["candidates"][:5],
+                    }
+                    for p in result.suggested_elements
+                ]
+            ),
+        }
+    )
+    return attrs
+
+
+def fit_xrf(
+    scan,
+    elements=None,
+    *,
+    calibration: CalibrationResult | Calibration | None = None,
+    background: str = "linear",
+    normalize: bool = True,
+    grid_step_um: float | None = None,
+    incident_energy_keV: float | None = None,
+    fit_parameters: tuple[str, ...] = DEFAULT_FIT_PARAMETERS,
+    energy_range_keV: tuple[float, float] | None = None,
+    n_continuum: int = 8,
+    **model_options,
+):
+    """Elemental maps of a scan: calibrate on the summed spectrum, fit every pixel.
+
+    Parameters
+    ----------
+    scan : xarray.DataTree or xarray.Dataset
+        From :func:`xmulti.open_scan`, or its ``/xrf`` Dataset (``spectra (position,
+        channel)``, ``energy (channel)`` keV; optional ``i0``, ``live_time``, ``real_time``).
+    elements : iterable of str, optional
+        Elements to fit, e.g. ``["P", "S", "K", "Ca", "Fe", "Cu", "Zn"]``; None suggests them
+        from the summed spectrum.
+    calibration : CalibrationResult or Calibration, optional
+        A finished calibration (e.g. from :func:`calibrate_scan`, or from a standard) to use
+        as is, or a Calibration to start from. Default: fitted on this scan.
+    background : {"linear", "snip"}
+        Continuum inside the linear fit (unbiased) or per-pixel SNIP (biased at low counts).
+    normalize : bool
+        Divide by ``i0`` (counts per unit i0) and correct dead time by ``real_time /
+        live_time`` when those variables are present.
+    grid_step_um : float, optional
+        Grid step for irregular scans (see module doc).
+    incident_energy_keV : float, optional
+        Overrides the scan's incident energy.
+    fit_parameters, energy_range_keV, n_continuum, **model_options
+        Calibration and model options (:func:`xmulti.xrf.calibrate.calibrate`, e.g.
+        ``pileup=True``; :func:`xmulti.xrf.model.build_model`, e.g. ``tie_families``,
+        ``be_window_um``, ``si_thickness_mm``, ``scatter_escape``).
+
+    Returns
+    -------
+    xarray.Dataset
+        On ``(y, x)`` (um, pixel centres): per element ``<El>`` (unconstrained, unbiased
+        estimate: detected counts of all the element's lines, escape peaks included, per unit
+        i0 when normalised), ``<El>_nonneg`` (non-negative least squares) and ``<El>_sigma``
+        (1-sigma; infinite for empty spectra); ``elastic``, ``compton`` (scatter counts),
+        ``continuum`` (continuum counts in the fitted range), ``reduced_chi_square``,
+        ``total_counts`` (counts in the fitted range, not normalised). Attributes: the
+        calibration, elements, fit range, summed-spectrum chi-square, suggested elements,
+        normalisation. Lazy (dask) when the spectra are.
+    """
+    import xarray as xr
+
+    from .fit import fit_spectra, output_names
+
+    ds, e0, scan_shape, source = _resolve(scan, incident_energy_keV)
+    options = dict(
+        incident_energy_keV=e0,
+        fit_parameters=fit_parameters,
+        energy_range_keV=energy_range_keV,
+        n_continuum=n_continuum,
+        **model_options,
+    )
+    factor, unit = _normalisation(ds, normalize, source)  # bad i0 fails before the fit
+    if isinstance(calibration, CalibrationResult):
+        result = calibration
+        if elements is not None and list(elements) != list(result.elements):
+            result = calibrate_scan(
+                scan, elements, initial=result.calibration, **{**options, "fit_parameters": ()}
+            )
+    else:
+        result = calibrate_scan(scan, elements, initial=calibration, **options)
+    if not result.elements:
+        raise InvalidInputError(
+            "no element to fit: none given and none found in the summed spectrum"
+        )
+    n_positions = ds.sizes["position"]
+    plan = prepare_fit(result.model, result.fitted / n_positions, background=background)
+    names = output_names(plan)
+    packed = xr.apply_ufunc(
+        fit_spectra,
+        ds["spectra"],
+        kwargs={"plan": plan},
+        input_core_dims=[["channel"]],
+        output_core_dims=[["quantity"]],
+        dask="parallelized",
+        output_dtypes=[np.float32],
+        dask_gufunc_kwargs={"output_sizes": {"quantity": len(names)}},
+    ).assign_coords(quantity=names)
+    out = {}
+    k = plan.n_components
+    continuum = None
+    for comp in result.model.components:
+        if comp.name not in plan.names:
+            continue
+        i = plan.names.index(comp.name)
+        if comp.kind == "continuum":
+            area = np.float32(plan.continuum_area[i])
+            term = packed.isel(quantity=i, drop=True) * area
+            continuum = term if continuum is None else continuum + term
+            continue
+        attrs = {"units": unit, "component": comp.kind}
+        if comp.kind == "element":
+            attrs.update(element=comp.element, families=comp.family)
+        out[comp.name] = (packed.isel(quantity=i, drop=True) * factor).assign_attrs(
+            attrs, long_name=f"{comp.name} counts (unconstrained)"
+        )
+        if comp.kind == "element":
+            out[f"{comp.name}_nonneg"] = (packed.isel(quantity=k + i, drop=True) * factor).assign_attrs(
+                attrs, long_name=f"{comp.name} counts (non-negative fit)"
+            )
+            out[f"{comp.name}_sigma"] = (packed.isel(quantity=2 * k + i, drop=True) * factor).assign_attrs(
+                attrs, long_name=f"{comp.name} 1-sigma uncertainty"
+            )
+    if continuum is not None:
+        out["continuum"] = (continuum * factor).assign_attrs(units=unit, long_name="continuum counts")
+    out["reduced_chi_square"] = packed.isel(quantity=3 * k, drop=True).assign_attrs(units="1")
+    out["total_counts"] = packed.isel(quantity=3 * k + 1, drop=True).assign_attrs(
+        units="counts", long_name="counts in the fitted energy range"
+    )
+    per_position = xr.Dataset(out)
+    positions = np.stack(
+        [np.asarray(ds["position_y"].values), np.asarray(ds["position_x"].values)], axis=1
+    ) if "position_y" in ds.coords and "position_x" in ds.coords else None
+    maps = _to_image(per_position, positions, scan_shape, grid_step_um, source)
+    maps.attrs.update(_calibration_attrs(result))
+    maps.attrs.update(
+        background=background,
+        n_continuum=int(n_continuum) if background == "linear" else 0,
+        normalisation=unit,
+        source=str(source) if source else "",
+    )
+    return maps
+
+
+def _normalisation(ds, normalize: bool, source):
+    """Per-position factor (i0 and dead time) and the resulting unit."""
+    if not normalize:
+        return np.float32(1.0), "counts"
+    factor = 1.0
+    unit = "counts"
+    if "live_time" in ds.data_vars and "real_time" in ds.data_vars:
+        live = np.asarray(ds["live_time"].values, dtype=float)
+        real = np.asarray(ds["real_time"].values, dtype=float)
+        bad = ~(np.isfinite(live) & np.isfinite(real) & (live > 0) & (real >= live))
+        if bad.any():
+            raise InvalidScanError(
+                source, "/xrf/live_time",
+                f"{int(bad.sum())} positions have live time <= 0, non-finite or above real "
+                "time; pass normalize=False to skip the dead-time correction",
+            )
+        factor = real / live
+    if "i0" in ds.data_vars:
+        i0 = np.asarray(ds["i0"].values, dtype=float)
+        bad = ~(np.isfinite(i0) & (i0 > 0))
+        if bad.any():
+            raise InvalidScanError(
+                source, "/xrf/i0",
+                f"{int(bad.sum())} positions have i0 <= 0 or non-finite; pass normalize=False "
+                "to skip the i0 normalisation",
+            )
+        factor = factor / i0
+        unit = "counts per i0 count"
+    if np.ndim(factor) == 0:
+        return np.float32(factor), unit
+    import xarray as xr
+
+    return xr.DataArray(np.asarray(factor, dtype=np.float32), dims="position"), unit
+
+
+def _to_image(per_position, positions, scan_shape, grid_step_um, source):
+    """Per-position results onto ``(y, x)``: raster reshape or gridding (see module doc)."""
+    import xarray as xr
+
+    from ..grid import raster_axes_um
+
+    n = per_position.sizes["position"]
+    if scan_shape is not None and scan_shape[0] * scan_shape[1] == n:
+        ny, nx = scan_shape
+        if positions is not None:
+            y, x = raster_axes_um(positions, (ny, nx))
+        else:
+            y, x = np.arange(ny, dtype=float), np.arange(nx, dtype=float)
+        variables = {}
+        for name, var in per_position.data_vars.items():
+            data = var.data.reshape(ny, nx)
+            variables[name] = xr.DataArray(data, dims=("y", "x"), attrs=var.attrs)
+        return xr.Dataset(
+            variables,
+            coords={"y": ("y", y, {"units": "um"}), "x": ("x", x, {"units": "um"})},
+        )
+    if positions is None:
+        raise InvalidScanError(
+            source, "/xrf/positions", "no scan_shape and no positions: cannot place the maps"
+        )
+    return _grid_irregular(per_position.compute(), positions, grid_step_um)
+
+
+def _grid_irregular(per_position, positions, grid_step_um):
+    """Linear interpolation on the Delaunay triangulation, nearest outside the hull."""
+    import xarray as xr
+    from scipy.interpolate import griddata
+    from scipy.spatial import cKDTree
+
+    if grid_step_um is None:
+        distances, _ = cKDTree(positions).query(positions, k=2)
+        nearest = distances[:, 1]
+        grid_step_um = float(np.median(nearest[nearest > 0])) if np.any(nearest > 0) else 1.0
+    if not grid_step_um > 0:
+        raise InvalidInputError(f"grid_step_um must be positive, got {grid_step_um}")
+    low, high = positions.min(axis=0), positions.max(axis=0)
+    y = np.arange(low[0], high[0] + 0.5 * grid_step_um, grid_step_um)
+    x = np.arange(low[1], high[1] + 0.5 * grid_step_um, grid_step_um)
+    gy, gx = np.meshgrid(y, x, indexing="ij")
+    variables = {}
+    for name, var in per_position.data_vars.items():
+        values = np.asarray(var.values, dtype=float)
+        image = griddata(positions, values, (gy, gx), method="nearest")
+        if positions.shape[0] >= 3:
+            try:
+                linear = griddata(positions, values, (gy, gx), method="linear")
+            except ValueError:  # degenerate (collinear) positions: nearest only
+                linear = image
+            # outside the hull (NaN), or next to an empty spectrum (inf sigma): nearest value
+            image = np.where(np.isfinite(linear), linear, image)
+        variables[name] = xr.DataArray(image.astype(np.float32), dims=("y", "x"), attrs=var.attrs)
+    ds = xr.Dataset(variables, coords={"y": ("y", y, {"units": "um"}), "x": ("x", x, {"units": "um"})})
+    ds.attrs["gridding"] = f"linear on Delaunay triangles, nearest outside the hull, step {grid_step_um:g} um"
+    return ds
