@@ -368,7 +368,7 @@ def test_cli_fit_xrf_writes_maps_and_diagnostics(scan_file, tmp_path, capsys):
     maps = tree["xrf/elemental_maps"].to_dataset()
     assert sorted(maps.data_vars) == sorted(FIT_ELEMENTS)
     assert maps.attrs["xmulti_stage"] == "fit-xrf"
-    diagnostics = tree["xrf/fit_diagnostics"].to_dataset()
+    diagnostics = tree["xrf/fit"].to_dataset()
     for name in ("Fe_sigma", "Fe_nonneg", "reduced_chi_square", "summed_spectrum", "summed_residual"):
         assert name in diagnostics
     assert main(["fit-xrf", str(path), "--out", str(tmp_path / "b.zarr"), "--elements", "Fe,Qq"]) == 2

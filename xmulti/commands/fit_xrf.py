@@ -2,7 +2,7 @@
 
 Calibrates the detector on the summed spectrum, fits every pixel (continuum inside the linear
 model), writes ``/xrf/elemental_maps/<El>`` (the unconstrained maps, same paths as the input
-layout) and ``/xrf/fit_diagnostics`` (non-negative maps, uncertainties, chi-square, scatter,
+layout) and ``/xrf/fit`` (non-negative maps, uncertainties, chi-square, scatter,
 continuum, total counts, and the summed-spectrum fit) to a Zarr results store, and prints a
 per-element summary.
 """
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     write_results(args.out, "/xrf/elemental_maps", elemental, prov)
     diagnostics = maps.drop_vars(element_names).merge(calibration_diagnostics(result))
     diagnostics.attrs = {**maps.attrs, **diagnostics.attrs}
-    write_results(args.out, "/xrf/fit_diagnostics", diagnostics, prov)
+    write_results(args.out, "/xrf/fit", diagnostics, prov)
 
     cal = result.calibration
     print(f"calibration: offset {cal.offset_keV:.4f} keV, gain {cal.gain_keV * 1e3:.4f} eV/ch, "
@@ -111,5 +111,5 @@ def run(args: argparse.Namespace) -> int:
     for peak in result.suggested_elements[:5]:
         print(f"unexplained peak at {peak['energy_keV']:.3f} keV ({peak['significance']:.0f} sigma): "
               f"candidates {', '.join(peak['candidates'][:5]) or 'none'}")
-    print(f"wrote /xrf/elemental_maps and /xrf/fit_diagnostics to {args.out}")
+    print(f"wrote /xrf/elemental_maps and /xrf/fit to {args.out}")
     return 0
