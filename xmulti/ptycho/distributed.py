@@ -25,7 +25,7 @@ from ..errors import InvalidInputError
 from .data import Frames, prepare_frames
 from .engine import run_engine
 from .fft import FFT2
-from .forward import accumulate_patches, window_corners
+from .reconstruct import illumination_map
 from .state import EngineOptions, ReconState
 from .stitch import apply_correction, stitch
 from .tiles import Tile, core_distance_px
@@ -60,20 +60,11 @@ def _prepare_tile_frames(counts: np.ndarray, mask: np.ndarray | None, saturation
     return prepare_frames(counts, mask, saturation, clip_negative)
 
 
-def _tile_illumination(probe: np.ndarray, positions_px: np.ndarray, shape) -> np.ndarray:
-    n = probe.shape[-1]
-    corners, _ = window_corners(positions_px, n)
-    one = (np.abs(probe) ** 2).sum(axis=0).astype(np.float32)
-    out = np.zeros(shape, np.float32)
-    accumulate_patches(out, np.broadcast_to(one, (len(corners), n, n)), corners)
-    return out
-
-
 def _run_tile(frames: Frames, state: ReconState, engine: str, epochs: int, options: EngineOptions) -> TileRun:
     """Task: ``epochs`` epochs of the engine on one tile."""
     state = state.copy()
     run_engine(state, frames, engine, epochs, options, FFT2(np, _worker_threads()))
-    illum = _tile_illumination(state.probe, state.positions_px, state.obj.shape)
+    illum = illumination_map(state.probe, state.positions_px, state.obj.shape)
     return TileRun(state.obj, state.probe, state.positions_px, state.errors, state.epoch, illum)
 
 
