@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 import struct
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from shared_data import APS_2IDE  # noqa: E402
 
 import xmulti
 from xmulti import physics
@@ -17,7 +17,7 @@ from xmulti.errors import InvalidInputError, InvalidScanError
 from xmulti.io.convert import convert, read_fit_override
 from xmulti.io.mda import read_mda
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aps-2ide"
+DATA = APS_2IDE
 FLY_MDA = DATA / "mda" / "2xfm_0011.mda"
 AXO_MDA = DATA / "mda" / "axo_std.mda"
 FLY_XRF = DATA / "flyXRF" / "2xfm_0011_2xfm3__0.h5"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from shared_data import APS_2IDE  # noqa: E402
 
 from xmulti.errors import InvalidScanError
 from xmulti.io.flyscan import (
@@ -18,7 +18,7 @@ from xmulti.io.flyscan import (
     summed_spectra,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aps-2ide"
+DATA = APS_2IDE
 FLY = DATA / "flyXRF" / "2xfm_0011_2xfm3__0.h5"
 
 pytestmark = pytest.mark.skipif(not FLY.exists(), reason="shared 2-ID-E data not available")

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import APS_2IDE  # noqa: E402
 
 from xmulti.errors import InvalidScanError
 from xmulti.io.mda import read_mda
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aps-2ide"
+DATA = APS_2IDE
 FLY_MDA = DATA / "mda" / "2xfm_0011.mda"
 AXO_MDA = DATA / "mda" / "axo_std.mda"
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import APS_2IDE  # noqa: E402
 
 import xmulti
 from xmulti.io.convert import convert, read_fit_override
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aps-2ide"
+DATA = APS_2IDE
 AXO_MDA = DATA / "mda" / "axo_std.mda"
 
 pytestmark = pytest.mark.skipif(not AXO_MDA.exists(), reason="shared 2-ID-E data not available")
