@@ -147,7 +147,6 @@ def reconstruct(
         used, ``corrected_position_y/x (position)`` um, with the nominal ones as coordinates.
         The global phase and amplitude scale are fixed as in :func:`normalize_ambiguities`.
     """
-    import xarray as xr
 
     ds = _ptycho_dataset(scan)
     if engine not in ENGINES:
@@ -209,11 +208,30 @@ def reconstruct(
 
     run_engine(state, frames, engine, iterations, opts, fft, _callback)
 
-    illum = illumination_map(state.probe, state.positions_px, shape)
-    obj, probe_out = normalize_ambiguities(state.obj, state.probe, illum)
+    return result_dataset(
+        state.obj, state.probe, state.positions_px, state.errors, origin, dx_um, positions_um,
+        {
+            "engine": engine,
+            "iterations": int(iterations),
+            "probe_modes": int(probe_modes),
+            "noise": noise,
+            "position_correction": bool(position_correction),
+            "skipped_frames": int((~frames.usable).sum()),
+        },
+    )
+
+
+def result_dataset(obj, probe, positions_px, errors, origin, dx_um: float, positions_um, attrs: dict):
+    """The ``/reconstructed``-shaped Dataset of a finished reconstruction (ambiguities fixed by
+    :func:`normalize_ambiguities`; coordinates in um, pixel centres, stage frame)."""
+    import xarray as xr
+
+    shape = obj.shape
+    illum = illumination_map(probe, positions_px, shape)
+    obj, probe_out = normalize_ambiguities(obj, probe, illum)
     y = origin[0] + dx_um * np.arange(shape[0])
     x = origin[1] + dx_um * np.arange(shape[1])
-    corrected = origin + state.positions_px * dx_um
+    corrected = origin + positions_px * dx_um
     if probe_out.shape[0] == 1:
         probe_var = (("probe_y", "probe_x"), probe_out[0], {"units": "sqrt(photons)"})
     else:
@@ -225,7 +243,7 @@ def reconstruct(
             "illumination": (("y", "x"), illum / illum.max(), {"units": "1", "long_name": "relative illumination"}),
             "probe": probe_var,
             "pixel_size": ((), dx_um * 1e3, {"units": "nm"}),
-            "error": (("iteration",), np.asarray(state.errors, np.float64), {"units": "1"}),
+            "error": (("iteration",), np.asarray(errors, np.float64), {"units": "1"}),
             "corrected_position_y": (("position",), corrected[:, 0], {"units": "um"}),
             "corrected_position_x": (("position",), corrected[:, 1], {"units": "um"}),
         },
@@ -235,14 +253,5 @@ def reconstruct(
             "position_y": ("position", positions_um[:, 0], {"units": "um"}),
             "position_x": ("position", positions_um[:, 1], {"units": "um"}),
         },
-        attrs={
-            "engine": engine,
-            "iterations": int(iterations),
-            "probe_modes": int(probe_modes),
-            "noise": noise,
-            "position_correction": bool(position_correction),
-            "pixel_size_nm": dx_um * 1e3,
-            "origin_um": [float(origin[0]), float(origin[1])],
-            "skipped_frames": int((~frames.usable).sum()),
-        },
+        attrs={**attrs, "pixel_size_nm": dx_um * 1e3, "origin_um": [float(origin[0]), float(origin[1])]},
     )
