@@ -63,3 +63,50 @@ def test_result_does_not_depend_on_the_number_of_workers(problem, process_cluste
         one = _tiled(problem, client, (2, 2), 10, options)
     np.testing.assert_allclose(one[0], two[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one[1], two[1], rtol=1e-5, atol=1e-6)
+
+
+def test_reconstruct_with_tiles_through_the_public_api(tmp_path, process_cluster):
+    """Scan file -> open_scan -> reconstruct(tiles=...) on the cluster: the probe is searched from
+    a subset of frames, the result has the /reconstructed shape and is close to one tile's."""
+    import xmulti
+
+    path = xmulti.simulate_scan(tmp_path / "scan.h5", "tiny", seed=2, scan_shape=(14, 14),
+                                cell_thickness_um=4.0, photons_per_frame=1e7)
+    tree = xmulti.open_scan(path)
+    single = xmulti.reconstruct(tree, iterations=ITERATIONS)
+    tiled = xmulti.reconstruct(tree, iterations=ITERATIONS, tiles=(2, 2), sync_every=10, client=process_cluster)
+    assert tiled.phase.shape == single.phase.shape and tiled.attrs["tiles"] == [2, 2]
+    np.testing.assert_allclose(tiled["y"], single["y"])
+    truth = tree["truth"].ds["object"]
+
+    def error(ds):
+        true = truth.sel(y=ds["y"], x=ds["x"], method="nearest").values
+        weight = (ds["illumination"] > 0.3).values.astype(float)
+        return phase_error(ds["amplitude"].values * np.exp(1j * ds["phase"].values), true, weight)
+
+    # measured 0.086 tiled vs 0.077 single (probe refined from a guess in both)
+    assert error(tiled) <= 1.25 * error(single)
+
+
+def test_reconstruct_command_with_tiles(tmp_path):
+    import subprocess
+    import sys
+
+    import xarray as xr
+
+    from xmulti.simulate import simulate_scan
+
+    scan = simulate_scan(tmp_path / "scan.h5", "tiny", seed=1)
+    store = tmp_path / "r.zarr"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "xmulti.cli", "reconstruct", str(scan), "--out", str(store),
+                               *args], capture_output=True, text=True)
+
+    done = cli("--iterations", "6", "--tiles", "2x2", "--sync-every", "3", "--quiet")
+    assert done.returncode == 0, done.stderr
+    rec = xr.open_zarr(store, group="reconstructed", consolidated=False)
+    assert rec.attrs["tiles"] == [2, 2] and rec.sizes["iteration"] == 6
+    for bad in (("--tiles", "2"), ("--sync-every", "3")):
+        result = cli("--iterations", "2", *bad)
+        assert result.returncode == 2 and "Traceback" not in result.stderr

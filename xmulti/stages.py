@@ -69,6 +69,10 @@ def reconstruct_groups(tree, options: PtychoOptions, client=None, log: Callable[
             last[0] = now
             log(f"  reconstruct: epoch {epoch}/{total}, error {error:.4g}")
 
+    tiled = {}
+    if options.tiles is not None and tuple(options.tiles) != (1, 1):
+        tiled = {"tiles": tuple(options.tiles), "halo_um": options.halo_um, "sync_every": options.sync_every,
+                 "client": client}
     result = reconstruct(
         tree,
         engine=options.engine,
@@ -76,6 +80,7 @@ def reconstruct_groups(tree, options: PtychoOptions, client=None, log: Callable[
         probe_modes=options.probe_modes,
         position_correction=options.position_correction,
         progress=report,
+        **tiled,
     )
     result.attrs["energy_keV"] = float(tree["ptychography"].attrs["energy_keV"])
     return {"/reconstructed": result}

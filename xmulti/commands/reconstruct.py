@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--noise", choices=["gaussian", "poisson"], default="gaussian",
                         help="noise model of the exit-wave update (default: gaussian)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument("--tiles", metavar="NYxNX", help="tile-parallel reconstruction on a Dask cluster, e.g. 2x2")
+    parser.add_argument("--halo", type=float, metavar="UM", help="tiles: halo width (um; default: probe radius or 2 steps)")
+    parser.add_argument("--sync-every", type=int, metavar="K", help="tiles: epochs between probe/overlap sync (default: never)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="tiles: join a running Dask scheduler (default: local cluster)")
     parser.set_defaults(func=run)
 
 
@@ -61,6 +65,21 @@ def write_result(store: str, dataset, provenance: dict) -> str:
     return write_group(store, "/reconstructed", dataset, provenance=provenance)
 
 
+def _parse_tiles(text: str | None) -> tuple[int, int] | None:
+    """``"2x3"`` -> (2, 3)."""
+    from ..errors import InvalidInputError
+
+    if text is None:
+        return None
+    try:
+        ny, nx = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InvalidInputError(f"--tiles must look like 2x2, got {text!r}") from None
+    if ny < 1 or nx < 1:
+        raise InvalidInputError(f"--tiles must be positive, got {text!r}")
+    return ny, nx
+
+
 def run(args: argparse.Namespace) -> int:
     """Open the scan, reconstruct, write the result."""
     from ..errors import InvalidInputError
@@ -82,11 +101,19 @@ def run(args: argparse.Namespace) -> int:
         "position_correction": args.position_correction,
         "noise": args.noise,
     }
-    result = reconstruct(
-        tree,
-        progress=None if args.quiet else _progress_printer(),
-        **options,
-    )
+    tiles = _parse_tiles(args.tiles)
+    if tiles is not None:
+        options.update(tiles=list(tiles), halo_um=args.halo, sync_every=args.sync_every)
+    elif args.halo is not None or args.sync_every is not None or args.scheduler:
+        raise InvalidInputError("--halo, --sync-every and --scheduler go with --tiles")
+    progress = None if args.quiet else _progress_printer()
+    if tiles is None:
+        result = reconstruct(tree, progress=progress, **options)
+    else:
+        from ..cluster import dask_client
+
+        with dask_client(args.scheduler) as client:
+            result = reconstruct(tree, progress=progress, client=client, **{**options, "tiles": tiles})
     write_result(args.out, result, provenance("reconstruct", options, args.scan))
     print(
         f"reconstructed {result.sizes['y']}x{result.sizes['x']} pixels of "

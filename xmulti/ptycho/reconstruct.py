@@ -92,6 +92,10 @@ def reconstruct(
     options: EngineOptions | None = None,
     workers: int | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    tiles: tuple[int, int] | None = None,
+    halo_um: float | None = None,
+    sync_every: int | None = None,
+    client: Any = None,
 ):
     """Reconstruct object and probe from the ptychography data of a scan.
 
@@ -135,7 +139,16 @@ def reconstruct(
     workers : int, optional
         FFT threads (default: all CPUs of the process).
     progress : callable, optional
-        ``progress(epoch, iterations, error)`` after each epoch.
+        ``progress(epoch, iterations, error)`` after each epoch (each round when tiled).
+    tiles : (int, int), optional
+        Tile-parallel reconstruction on a Dask cluster with this tile grid
+        (:mod:`xmulti.ptycho.tiled`); None or (1, 1) reconstructs in this process.
+    halo_um : float, optional
+        Tiles: halo width (um); default the probe radius or two scan steps.
+    sync_every : int, optional
+        Tiles: epochs between probe/overlap synchronisation; None = independent tiles.
+    client : dask.distributed.Client, optional
+        Tiles: where they run; default a local process cluster for the call.
 
     Returns
     -------
@@ -151,6 +164,15 @@ def reconstruct(
     ds = _ptycho_dataset(scan)
     if engine not in ENGINES:
         raise InvalidInputError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}")
+    if tiles is not None and tuple(tiles) != (1, 1):
+        from .tiled import reconstruct_tiled
+
+        return reconstruct_tiled(
+            ds, engine, iterations, probe_modes, position_correction, tiles=tuple(tiles), halo_um=halo_um,
+            sync_every=sync_every, client=client, probe=probe, probe_diameter_um=probe_diameter_um,
+            noise=noise, saturation=saturation, clip_negative=clip_negative, options=options,
+            progress=progress,
+        )
     diffraction = np.asarray(ds["diffraction"].values)
     positions_um = np.stack(
         [np.asarray(ds["position_y"].values, float), np.asarray(ds["position_x"].values, float)], 1

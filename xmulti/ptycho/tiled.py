@@ -1,0 +1,129 @@
+"""Labelled operation for tile-parallel reconstruction: ``reconstruct(scan, tiles=(2, 2), ...)``.
+
+Sets up the global object grid and the starting probe without loading the frames on the client:
+the mean pattern and photon count are Dask reductions on the workers, and the probe search (when
+no probe is given) looks at the frames of at most 64 positions near the scan centre. The tiles
+then run on the cluster (:func:`xmulti.ptycho.distributed.reconstruct_tiles`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .data import prepare_frames
+from .distributed import default_halo_px, reconstruct_tiles
+from .forward import object_grid
+from .probe import add_modes, fit_probe_to_frame, scale_probe_power
+from .probe_search import search_probe
+from .state import EngineOptions
+from .tiles import split_tiles
+
+__all__ = ["reconstruct_tiled"]
+
+_SEARCH_POSITIONS = 64
+
+
+def reconstruct_tiled(
+    ds,
+    engine: str,
+    iterations: int,
+    probe_modes: int,
+    position_correction: bool,
+    *,
+    tiles: tuple[int, int],
+    halo_um: float | None = None,
+    sync_every: int | None = None,
+    client=None,
+    probe: np.ndarray | None = None,
+    probe_diameter_um: float | None = None,
+    noise: str = "gaussian",
+    saturation: float | None = None,
+    clip_negative: bool = False,
+    options: EngineOptions | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    method: str = "grid",
+):
+    """Tile-parallel reconstruction of a ``/ptychography`` Dataset (see
+    :func:`xmulti.ptycho.reconstruct.reconstruct` for the parameters it shares).
+
+    Parameters
+    ----------
+    tiles : (int, int)
+        Tile grid (ny, nx); with ``method="kmeans"`` their product is the number of tiles.
+    halo_um : float, optional
+        Halo width (um); default the probe radius or two scan steps, whichever is larger.
+    sync_every : int, optional
+        Epochs between probe/overlap synchronisation; None runs the tiles independently.
+    client : dask.distributed.Client, optional
+        Default: a local process cluster sized to the machine, for the duration of the call.
+    """
+    import dask.array as da
+
+    from ..cluster import dask_client
+    from .reconstruct import result_dataset
+
+    if len(tiles) != 2 or min(tiles) < 1:
+        raise InvalidInputError(f"tiles must be two positive integers, got {tiles}")
+    positions_um = np.stack([np.asarray(ds["position_y"].values, float),
+                             np.asarray(ds["position_x"].values, float)], 1)
+    if not np.isfinite(positions_um).all():
+        raise InvalidInputError("positions contain NaN or inf")
+    diffraction = da.asarray(ds["diffraction"].data)
+    if diffraction.ndim != 3 or diffraction.shape[0] != len(positions_um):
+        raise InvalidInputError(f"{len(positions_um)} positions for diffraction of shape {diffraction.shape}")
+    n = int(diffraction.shape[-1])
+    dx_um = float(ds.attrs["object_pixel_size_m"]) * 1e6
+    mask = np.asarray(ds["mask"].values) if "mask" in ds else None
+    opts = options or EngineOptions()
+    opts = EngineOptions(**{**opts.__dict__, "noise": noise, "position_correction": position_correction})
+    margin = 2 + (int(np.ceil(8 * opts.max_shift_px)) + 8 if position_correction else 0)
+    origin, shape = object_grid(positions_um, dx_um, n, margin)
+    positions_px = (positions_um - origin) / dx_um
+    if probe is None and "probe" in ds:
+        probe = np.asarray(ds["probe"].values)
+
+    owned = client is None
+    with dask_client() if owned else contextlib.nullcontext(client) as active:
+        counts = diffraction.astype(np.float32)
+        if mask is not None:
+            counts = da.where(mask[None], np.float32(0), counts)
+        totals = counts.sum(axis=(1, 2))
+        totals = active.compute(totals).result()
+        if not np.any(totals > 0):
+            raise InvalidInputError("no usable diffraction frame: every frame is all zero (or fully masked)")
+        mean_counts = float(totals[totals > 0].mean())
+        if probe is not None:
+            start = scale_probe_power(fit_probe_to_frame(probe, n), mean_counts)
+        else:
+            centre = np.argsort(np.linalg.norm(positions_um - positions_um.mean(axis=0), axis=1))
+            subset = np.sort(centre[:_SEARCH_POSITIONS])
+            local = active.compute(diffraction[subset]).result()
+            frames = prepare_frames(local, mask, saturation, clip_negative)
+            diameters = None
+            if probe_diameter_um is not None:
+                d = probe_diameter_um / dx_um
+                diameters = (d, -d)
+            start, _ = search_probe(frames, positions_px[subset], shape, diameters)
+            start = scale_probe_power(start, mean_counts)
+        start = add_modes(start, probe_modes).astype(np.complex64)
+        halo_px = default_halo_px(positions_px, start) if halo_um is None else float(halo_um) / dx_um
+        tile_list = split_tiles(positions_px, n, shape, grid=tuple(tiles), halo_px=halo_px, method=method,
+                                margin_px=margin)
+        obj, probe_out, corrected, errors, _ = reconstruct_tiles(
+            diffraction, positions_px, shape, start, tile_list, halo_px, engine=engine, iterations=iterations,
+            sync_every=sync_every, options=opts, mask=mask, saturation=saturation,
+            clip_negative=clip_negative, client=active, progress=progress,
+        )
+    return result_dataset(
+        obj, probe_out, corrected, errors, origin, dx_um, positions_um,
+        {
+            "engine": engine, "iterations": int(iterations), "probe_modes": int(probe_modes), "noise": noise,
+            "position_correction": bool(position_correction), "tiles": [int(t) for t in tiles],
+            "tile_method": method, "halo_um": halo_px * dx_um,
+            "sync_every": -1 if sync_every is None else int(sync_every),
+        },
+    )
