@@ -208,3 +208,28 @@ def test_bad_profile(tmp_path):
     profile.write_text("kind: slurm\njob:\n  cores: 4\n  qeue: x\n")
     result = xmulti("cluster", "script", profile)
     assert result.returncode == 2 and "unknown dask-jobqueue option(s) qeue" in result.stderr
+
+
+def test_write_hdf5_adds_results_and_keeps_raw_data(reference_store, scan_file, tmp_path):
+    import shutil
+
+    import h5py
+
+    from xmulti import open_scan
+    from xmulti.io.scan_results import write_results_to_scan
+
+    store, _ = reference_store
+    copy = tmp_path / "scan.h5"
+    shutil.copy(scan_file, copy)
+    with h5py.File(copy) as f:
+        spectra, frames = f["xrf/spectra"][()], f["ptychography/diffraction"][()]
+    written = write_results_to_scan(copy, store)
+    assert set(written) == {"/xrf/elemental_maps", "/reconstructed"}
+    tree = open_scan(copy)
+    np.testing.assert_array_equal(tree["xrf"].ds["spectra"].values, spectra)
+    np.testing.assert_array_equal(tree["ptychography"].ds["diffraction"].values, frames)
+    rec = _tree(store)["reconstructed"].to_dataset()
+    phase = tree["reconstructed"].ds["phase"]
+    np.testing.assert_allclose(phase.values, rec["phase"].values, rtol=1e-6)
+    np.testing.assert_allclose(phase["y"].values, rec["y"].values)  # origin kept: same stage frame
+    assert "K" in tree["xrf/elemental_maps"].ds
