@@ -76,6 +76,36 @@ def normalize_ambiguities(
     return obj * factor, probe / factor
 
 
+def scan_positions_um(ds, diffraction_shape) -> np.ndarray:
+    """Beam-centre positions (M, 2) in um, checked against the frames and for NaN/inf."""
+    positions_um = np.stack(
+        [np.asarray(ds["position_y"].values, float), np.asarray(ds["position_x"].values, float)], 1
+    )
+    if len(diffraction_shape) != 3 or len(positions_um) != diffraction_shape[0]:
+        raise InvalidInputError(
+            f"{len(positions_um)} positions for diffraction of shape {tuple(diffraction_shape)}"
+        )
+    if not np.isfinite(positions_um).all():
+        bad = np.flatnonzero(~np.isfinite(positions_um).all(axis=1))
+        raise InvalidInputError(
+            f"positions contain NaN or inf ({bad.size} position(s), first index {int(bad[0])})"
+        )
+    return positions_um
+
+
+def object_setup(ds, positions_um, n: int, options: EngineOptions | None, noise: str, position_correction: bool):
+    """Object pixel (um), engine options, grid margin, origin (um), shape and fractional positions."""
+    dx_um = float(ds.attrs["object_pixel_size_m"]) * 1e6
+    if not dx_um > 0:
+        raise InvalidInputError(f"object pixel size must be positive, got {dx_um} um")
+    opts = options or EngineOptions()
+    opts = EngineOptions(**{**opts.__dict__, "noise": noise, "position_correction": position_correction})
+    # room for position corrections around the scanned area
+    margin = 2 + (int(np.ceil(8 * opts.max_shift_px)) + 8 if position_correction else 0)
+    origin, shape = object_grid(positions_um, dx_um, n, margin)
+    return dx_um, opts, margin, origin, shape, (positions_um - origin) / dx_um
+
+
 def reconstruct(
     scan: Any,
     engine: str = "lsqml",
@@ -174,30 +204,13 @@ def reconstruct(
             progress=progress,
         )
     diffraction = np.asarray(ds["diffraction"].values)
-    positions_um = np.stack(
-        [np.asarray(ds["position_y"].values, float), np.asarray(ds["position_x"].values, float)], 1
-    )
-    if diffraction.ndim != 3 or len(positions_um) != diffraction.shape[0]:
-        raise InvalidInputError(
-            f"{len(positions_um)} positions for diffraction of shape {diffraction.shape}"
-        )
-    if not np.isfinite(positions_um).all():
-        bad = np.flatnonzero(~np.isfinite(positions_um).all(axis=1))
-        raise InvalidInputError(
-            f"positions contain NaN or inf ({bad.size} position(s), first index {int(bad[0])})"
-        )
+    positions_um = scan_positions_um(ds, diffraction.shape)
     mask = np.asarray(ds["mask"].values) if "mask" in ds else None
     frames = prepare_frames(diffraction, mask, saturation, clip_negative)
     n = frames.shape[-1]
-    dx_um = float(ds.attrs["object_pixel_size_m"]) * 1e6
-    if not dx_um > 0:
-        raise InvalidInputError(f"object pixel size must be positive, got {dx_um} um")
-
-    opts = options or EngineOptions()
-    opts = EngineOptions(**{**opts.__dict__, "noise": noise, "position_correction": position_correction})
-    margin = 2 + (int(np.ceil(8 * opts.max_shift_px)) + 8 if position_correction else 0)
-    origin, shape = object_grid(positions_um, dx_um, n, margin)
-    positions_px = (positions_um - origin) / dx_um
+    dx_um, opts, margin, origin, shape, positions_px = object_setup(
+        ds, positions_um, n, options, noise, position_correction
+    )
 
     if probe is None and "probe" in ds:
         probe = np.asarray(ds["probe"].values)

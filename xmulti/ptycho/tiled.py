@@ -16,7 +16,6 @@ import numpy as np
 from ..errors import InvalidInputError
 from .data import prepare_frames
 from .distributed import default_halo_px, reconstruct_tiles
-from .forward import object_grid
 from .probe import add_modes, fit_probe_to_frame, scale_probe_power
 from .probe_search import search_probe
 from .state import EngineOptions
@@ -64,25 +63,17 @@ def reconstruct_tiled(
     import dask.array as da
 
     from ..cluster import dask_client
-    from .reconstruct import result_dataset
+    from .reconstruct import object_setup, result_dataset, scan_positions_um
 
     if len(tiles) != 2 or min(tiles) < 1:
         raise InvalidInputError(f"tiles must be two positive integers, got {tiles}")
-    positions_um = np.stack([np.asarray(ds["position_y"].values, float),
-                             np.asarray(ds["position_x"].values, float)], 1)
-    if not np.isfinite(positions_um).all():
-        raise InvalidInputError("positions contain NaN or inf")
     diffraction = da.asarray(ds["diffraction"].data)
-    if diffraction.ndim != 3 or diffraction.shape[0] != len(positions_um):
-        raise InvalidInputError(f"{len(positions_um)} positions for diffraction of shape {diffraction.shape}")
+    positions_um = scan_positions_um(ds, diffraction.shape)
     n = int(diffraction.shape[-1])
-    dx_um = float(ds.attrs["object_pixel_size_m"]) * 1e6
     mask = np.asarray(ds["mask"].values) if "mask" in ds else None
-    opts = options or EngineOptions()
-    opts = EngineOptions(**{**opts.__dict__, "noise": noise, "position_correction": position_correction})
-    margin = 2 + (int(np.ceil(8 * opts.max_shift_px)) + 8 if position_correction else 0)
-    origin, shape = object_grid(positions_um, dx_um, n, margin)
-    positions_px = (positions_um - origin) / dx_um
+    dx_um, opts, margin, origin, shape, positions_px = object_setup(
+        ds, positions_um, n, options, noise, position_correction
+    )
     if probe is None and "probe" in ds:
         probe = np.asarray(ds["probe"].values)
 
