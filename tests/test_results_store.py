@@ -68,3 +68,24 @@ def test_refuses_a_path_that_is_not_an_xmulti_store(tmp_path):
     assert (other / "precious.txt").read_text() == "keep me"
     with pytest.raises(InvalidInputError, match="does not exist"):
         create_store(tmp_path / "missing" / "r.zarr")
+
+
+def test_dask_chunks_become_zarr_shards(tmp_path):
+    """Each Dask chunk is written as one whole shard; irregular chunks are made regular first."""
+    import dask.array as da
+
+    from xmulti.io.sharding import variable_encoding
+
+    regular = da.arange(3000 * 70, dtype="f4").reshape(3000, 70).rechunk((1024, 70))
+    irregular = regular.rechunk(((1000, 1000, 500, 500), (70,)))
+    ds = xr.Dataset({"a": (("y", "x"), regular), "b": (("y", "x"), irregular),
+                     "c": (("y", "x"), np.ones((3000, 70), "f4"))})
+    write_group(tmp_path / "r.zarr", "/g", ds)
+    meta = {v: json.loads((tmp_path / "r.zarr" / "g" / v / "zarr.json").read_text()) for v in "abc"}
+    shards = {v: m["chunk_grid"]["configuration"]["chunk_shape"] for v, m in meta.items()}
+    assert shards == {"a": [1024, 70], "b": [1000, 70], "c": [2048, 70]}
+    inner = meta["a"]["codecs"][0]["configuration"]["chunk_shape"]
+    assert all(s % i == 0 for s, i in zip(shards["a"], inner, strict=True)) and inner[0] <= 256
+    back = read_group(tmp_path / "r.zarr", "/g").load()
+    np.testing.assert_array_equal(back["b"].values, regular.compute())
+    assert variable_encoding((5, 7), None) == {"shards": (5, 7), "chunks": (5, 7)}

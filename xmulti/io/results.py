@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from .sharding import shard_encoding
 
 __all__ = [
     "STORE_MARKER",
@@ -168,7 +169,8 @@ def write_group(
     provenance : mapping, optional
         Attributes from :func:`provenance`, added to the group's attributes.
     encoding : mapping, optional
-        Per-variable Zarr encoding (chunks, shards, compressors).
+        Per-variable Zarr encoding (chunks, shards, compressors). Variables not named get one
+        shard per Dask chunk (:func:`xmulti.io.sharding.shard_encoding`).
 
     Returns
     -------
@@ -177,12 +179,12 @@ def write_group(
     """
     store = create_store(store)
     target = _ensure_parents(store, group)
-    ds = dataset.copy()
+    ds, encoding = shard_encoding(dataset.copy(), encoding)
     ds.attrs = {**ds.attrs, **dict(provenance or {})}
     tmp = Path(tempfile.mkdtemp(prefix=f".{store.name}.", suffix=".partial", dir=store.parent))
     staging = tmp / "group"
     try:
-        ds.to_zarr(str(staging), mode="w", zarr_format=3, consolidated=False, encoding=dict(encoding or {}))
+        ds.to_zarr(str(staging), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
