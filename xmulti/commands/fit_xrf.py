@@ -40,6 +40,11 @@ def register(subparsers) -> None:
     parser.add_argument("--pileup", action="store_true", help="fit a pile-up (sum peak) component")
     parser.add_argument("--no-normalize", action="store_true", help="keep raw counts (no i0 / dead time)")
     parser.add_argument("--chunks", type=int, help="positions per Dask chunk (default: about 64 MB)")
+    quant = parser.add_argument_group("quantification against a thin-film standard (writes /xrf/areal_density)")
+    quant.add_argument("--standard", metavar="STANDARD.h5", help="scan of the standard (combined layout, with i0)")
+    quant.add_argument("--standard-info", metavar="FILE", help="MAPS maps_standardinfo.txt with the certified densities")
+    quant.add_argument("--standard-densities", metavar="El=UG_CM2,...",
+                       help="certified areal densities, e.g. Ca=1.931,Fe=0.504,Cu=0.284 (ug/cm2)")
     parser.set_defaults(func=run)
 
 
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         elements = [e.strip() for e in args.elements.split(",") if e.strip()]
         if not elements:
             raise InvalidInputError("--elements is empty")
+    densities = _standard_densities(args)
     tree = open_scan(args.scan, chunks=args.chunks)
     options = {
         "elements": elements,
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         "normalize": not args.no_normalize,
         "pileup": args.pileup,
     }
+    if densities is not None:
+        options.update(standard=str(args.standard), standard_densities=densities)
     energy_range = tuple(args.energy_range) if args.energy_range else None
     result = calibrate_scan(
         tree, elements, n_continuum=args.n_continuum, energy_range_keV=energy_range, pileup=args.pileup
@@ -94,6 +102,14 @@ def run(args: argparse.Namespace) -> int:
     diagnostics = maps.drop_vars(element_names).merge(calibration_diagnostics(result))
     diagnostics.attrs = {**maps.attrs, **diagnostics.attrs}
     write_results(args.out, "/xrf/fit", diagnostics, prov)
+    density = None
+    if densities is not None:
+        from ..xrf.standard import fit_standard, quantify_maps
+
+        standard = fit_standard(args.standard, densities, result.elements, background=args.background,
+                                n_continuum=args.n_continuum, energy_range_keV=energy_range)
+        density = quantify_maps(maps, standard)
+        write_results(args.out, "/xrf/areal_density", density, prov)
 
     cal = result.calibration
     print(f"calibration: offset {cal.offset_keV:.4f} keV, gain {cal.gain_keV * 1e3:.4f} eV/ch, "
@@ -111,5 +127,27 @@ def run(args: argparse.Namespace) -> int:
     for peak in result.suggested_elements[:5]:
         print(f"unexplained peak at {peak['energy_keV']:.3f} keV ({peak['significance']:.0f} sigma): "
               f"candidates {', '.join(peak['candidates'][:5]) or 'none'}")
-    print(f"wrote /xrf/elemental_maps and /xrf/fit to {args.out}")
+    if density is not None:
+        quantified = [n for n in element_names if n in density]
+        print("areal density (ug/cm2), mean over the map: "
+              + ", ".join(f"{n} {float(np.nanmean(density[n].values)):.4g}" for n in quantified))
+    groups = "/xrf/elemental_maps, /xrf/fit" + (", /xrf/areal_density" if density is not None else "")
+    print(f"wrote {groups} to {args.out}")
     return 0
+
+
+def _standard_densities(args: argparse.Namespace) -> dict[str, float] | None:
+    """The standard's certified densities, or None when no standard is given (checked up front)."""
+    from ..errors import InvalidInputError
+    from ..xrf.standard import parse_densities, read_standard_info
+
+    given = [args.standard_info is not None, args.standard_densities is not None]
+    if args.standard is None:
+        if any(given):
+            raise InvalidInputError("--standard-info and --standard-densities go with --standard STANDARD.h5")
+        return None
+    if sum(given) != 1:
+        raise InvalidInputError("--standard needs exactly one of --standard-info FILE or --standard-densities El=..")
+    if args.standard_info is not None:
+        return read_standard_info(args.standard_info)
+    return parse_densities(args.standard_densities)
