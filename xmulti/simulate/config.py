@@ -87,6 +87,13 @@ class SimulationConfig:
         and its uniform phase is a global offset left out of the object).
     be_window_um, detector_si_mm : float
         Detector Be window and Si crystal thickness: they set the detection efficiency.
+    self_absorption : bool
+        Attenuate each element's fluorescence by the local homogeneous-slab factor of the
+        matrix plus ice column (:func:`xmulti.joint.absorption.self_absorption_factor`). Off by
+        default, so the presets describe thin samples.
+    incident_angle_deg, exit_angle_deg : float
+        Beam and detector directions from the sample surface (degrees), used when
+        ``self_absorption`` is on.
     """
 
     scan_shape: tuple[int, int] = (10, 12)
@@ -127,6 +134,9 @@ class SimulationConfig:
     support_density_g_cm3: float = 3.1
     be_window_um: float = 8.0
     detector_si_mm: float = 0.35
+    self_absorption: bool = False
+    incident_angle_deg: float = 90.0
+    exit_angle_deg: float = 15.0
 
     def replace(self, **overrides) -> SimulationConfig:
         """A copy with some fields changed; unknown names raise InvalidInputError."""
@@ -150,6 +160,8 @@ class SimulationConfig:
             (self.n_channels >= 16, "n_channels must be >= 16"),
             (self.photons_per_frame > 0 and self.flux > 0, "photon numbers must be positive"),
             (0 <= self.bad_pixel_fraction < 0.5, "bad_pixel_fraction must be in [0, 0.5)"),
+            (0 < self.incident_angle_deg <= 90 and 0 < self.exit_angle_deg <= 90,
+             "incident_angle_deg and exit_angle_deg must be in (0, 90]"),
         ]
         for ok, message in checks:
             if not ok:
