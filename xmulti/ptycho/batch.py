@@ -43,6 +43,9 @@ class BatchWork:
         Exit-wave updates.
     error, norm : float
         Detector error terms (see :func:`xmulti.ptycho.fourier.fourier_update`).
+    intensity_factor : ndarray (B,) or None
+        Maximum-likelihood intensity factor of each frame for the current object and probe
+        (``sum I / sum |Psi|^2``), when asked for.
     """
 
     index: np.ndarray
@@ -53,6 +56,7 @@ class BatchWork:
     chi: Any
     error: float
     norm: float
+    intensity_factor: np.ndarray | None = None
 
     @property
     def shared_probe(self) -> bool:
@@ -61,9 +65,19 @@ class BatchWork:
 
 
 def exit_wave_update(
-    state: ReconState, frames: Frames, index: np.ndarray, fft: FFT2, noise: str = "gaussian"
+    state: ReconState,
+    frames: Frames,
+    index: np.ndarray,
+    fft: FFT2,
+    noise: str = "gaussian",
+    fit_intensity: bool = False,
 ) -> BatchWork:
-    """Exit-wave updates ``chi`` of the positions ``index`` for the current object and probe."""
+    """Exit-wave updates ``chi`` of the positions ``index`` for the current object and probe.
+
+    The model of each frame is scaled by ``state.intensity_scale`` (per-frame incident
+    intensity relative to the probe's, when set); with ``fit_intensity`` the maximum-likelihood
+    intensity factors of the frames are returned in ``BatchWork.intensity_factor``.
+    """
     xp = fft.xp
     n = state.probe.shape[-1]
     corners, frac = window_corners(state.positions_px[index], n)
@@ -82,6 +96,10 @@ def exit_wave_update(
         amplitude = frames.amplitude[index[0] : index[-1] + 1]  # sorted and contiguous: a view
     else:
         amplitude = frames.amplitude[index]
-    spec, error, norm = fourier_update(spec, amplitude, frames.has_invalid, noise, xp, known)
+    scale = None if state.intensity_scale is None else np.sqrt(state.intensity_scale[index])
+    counts = frames.counts[index] if fit_intensity and frames.counts is not None else None
+    spec, error, norm, factor = fourier_update(
+        spec, amplitude, frames.has_invalid, noise, xp, known, scale, counts
+    )
     chi = fft.inverse(spec)
-    return BatchWork(index, corners, frac, patches, probes, chi, error, norm)
+    return BatchWork(index, corners, frac, patches, probes, chi, error, norm, factor)

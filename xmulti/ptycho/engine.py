@@ -9,6 +9,7 @@ the probe and object after a few epochs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,39 @@ def _apply_momentum(state: ReconState, before: tuple, momentum: float, probe: bo
     state.obj += m * state.velocity[0]
     if probe:
         state.probe += m * state.velocity[1]
+
+
+def _neighbour_weights(positions_px: np.ndarray, n: int) -> Any:
+    """Row-normalised Gaussian weights (sparse, M x M) between positions, width a quarter frame.
+
+    Used to split the fitted per-frame intensity factors into what varies smoothly from one
+    position to its neighbours (the object's absorption over the window, which the object
+    amplitude must carry) and what does not (the beam-flux fluctuation of each frame).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.spatial import cKDTree
+
+    sigma = n / 8.0
+    m = len(positions_px)
+    pairs = cKDTree(positions_px).query_pairs(3 * sigma, output_type="ndarray")
+    d = np.linalg.norm(positions_px[pairs[:, 0]] - positions_px[pairs[:, 1]], axis=1)
+    w = np.exp(-0.5 * (d / sigma) ** 2)
+    rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(m)])
+    cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(m)])
+    vals = np.concatenate([w, w, np.ones(m)])
+    mat = coo_matrix((vals, (rows, cols)), shape=(m, m)).tocsr()
+    return mat.multiply(1.0 / np.asarray(mat.sum(axis=1))).tocsr()
+
+
+def _flux_factors(factors: np.ndarray, neighbours: Any) -> np.ndarray:
+    """Per-frame flux factors: the fitted intensity factors over their neighbourhood mean.
+
+    The ratio keeps the frame-to-frame (white) part of the factors; their smooth part is left
+    to the object, otherwise the object's low-frequency amplitude and the factors trade freely
+    (a direction the momentum was seen to blow up). Mean 1: the mean flux is the probe power.
+    """
+    out = factors / np.maximum(neighbours @ factors, 1e-12)
+    return out / out.mean()
 
 
 def run_engine(
@@ -120,11 +154,19 @@ def run_engine(
     usable = np.flatnonzero(frames.usable)
     nominal = state.positions_px.copy()
     pos_floor = 0.0  # position-gradient regularisation, from the previous epoch
+    neighbours = None  # position-smoothing matrix of the intensity fit
     for _ in range(iterations):
         rng = np.random.default_rng(opts.seed + 7919 * state.epoch)
         order = rng.permutation(usable)
         update_probe = opts.update_probe and state.epoch >= opts.probe_update_start
         correct = opts.position_correction and state.epoch >= opts.position_start
+        fit_intensity = opts.intensity_correction and state.epoch >= opts.intensity_start
+        if fit_intensity:
+            if state.intensity_scale is None:
+                state.intensity_scale = np.ones(m)
+            if neighbours is None:
+                neighbours = _neighbour_weights(state.positions_px[usable], n)
+            factors = state.intensity_scale.copy()
         err = norm = 0.0
         strengths = []
         if opts.momentum > 0:
@@ -136,7 +178,9 @@ def run_engine(
             moves = []
             for c in range(0, len(idx), chunk if acc is not None else len(idx)):
                 cidx = idx[c : c + chunk] if acc is not None else idx
-                work = exit_wave_update(state, frames, cidx, fft, opts.noise)
+                work = exit_wave_update(state, frames, cidx, fft, opts.noise, fit_intensity)
+                if work.intensity_factor is not None:
+                    factors[cidx] = work.intensity_factor
                 err += work.error
                 norm += work.norm
                 if correct:
@@ -154,6 +198,8 @@ def run_engine(
                 state.positions_px[cidx] += step
         if opts.momentum > 0:
             _apply_momentum(state, before, opts.momentum, update_probe)
+        if fit_intensity:
+            state.intensity_scale[usable] = _flux_factors(factors[usable], neighbours)
         if update_probe and state.probe_support is not None:
             spec = fft.forward(state.probe.copy())
             spec *= state.probe_support

@@ -34,6 +34,10 @@ class ReconState:
         Epochs done so far (position correction and probe update schedule on it).
     velocity : (array, array) or None
         Momentum of object and probe (engines with ``momentum > 0``).
+    intensity_scale : ndarray (M,) float64 or None
+        Incident intensity of each frame relative to the probe's (beam-flux fluctuations),
+        mean 1 over the usable frames; refined with ``EngineOptions.intensity_correction``.
+        None: all 1.
     probe_support : array (N, N) bool or None
         Where the probe's spectrum may be nonzero (unshifted FFT layout), e.g. the aperture
         seen in the mean diffraction pattern; applied after each epoch. None: no constraint.
@@ -46,12 +50,14 @@ class ReconState:
     epoch: int = 0
     velocity: tuple[Any, Any] | None = None
     probe_support: Any = None
+    intensity_scale: np.ndarray | None = None
 
     def copy(self) -> ReconState:
         """A deep copy (arrays copied)."""
         return ReconState(
             self.obj.copy(), self.probe.copy(), self.positions_px.copy(), list(self.errors),
             self.epoch, probe_support=self.probe_support,
+            intensity_scale=None if self.intensity_scale is None else self.intensity_scale.copy(),
         )  # momentum is not carried over: a copy starts afresh
 
 
@@ -104,6 +110,10 @@ class EngineOptions:
     position_reg : float
         Regularisation of the position shifts, a fraction of the typical gradient strength
         (keeps windows over featureless regions in place).
+    intensity_correction : bool
+        Fit the incident intensity of every frame (beam-flux fluctuations; Odstrcil et al.
+        2018, Sec. 2.7), from epoch ``intensity_start``.
+    intensity_start : int
     orthogonalize_every : int
         Orthogonalise probe modes every this many epochs (mixed states only).
     seed : int
@@ -127,5 +137,7 @@ class EngineOptions:
     position_step: float = 0.5
     max_shift_px: float = 0.5
     position_reg: float = 0.1
+    intensity_correction: bool = True
+    intensity_start: int = 1
     orthogonalize_every: int = 1
     seed: int = 0
