@@ -129,17 +129,35 @@ def test_run_on_a_scheduler_with_two_worker_processes_over_tcp(scan_file, tmp_pa
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=60)
         store = tmp_path / "remote.zarr"
+        # tiles of at most 60 positions: the 120-position scan is reconstructed as 2 tiles on the workers
+        config = tmp_path / "tiles.yaml"
+        config.write_text("ptycho:\n  max_tile_positions: 60\n")
         result = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 20,
-                        "--scheduler", address, "--stages", "fit-xrf")
+                        "--scheduler", address, "--stages", "fit-xrf,reconstruct", "--config", config)
         assert result.returncode == 0, result.stderr
         assert "2 worker(s)" in result.stderr
-        maps = _tree(store)["xrf/elemental_maps"].to_dataset()
-        assert np.isfinite(maps["K"].values).all()
+        assert "1x2 tiles (at most 60 positions each)" in result.stderr
+        tree = _tree(store)
+        assert np.isfinite(tree["xrf/elemental_maps"].to_dataset()["K"].values).all()
+        phase = tree["reconstructed"].to_dataset()["phase"].values
+        assert np.isfinite(phase).mean() > 0.5
     finally:
         for proc in (workers, scheduler):
             if proc is not None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=30)
+
+
+def test_auto_tiles_bound_the_positions_per_tile(scan_file, process_cluster):
+    import xmulti
+    from xmulti.stages import auto_tiles
+
+    tree = xmulti.open_scan(scan_file)  # 10 x 12 positions
+    assert auto_tiles(tree, process_cluster) == (1, 1)  # 60 positions per worker: too few to split
+    for limit in (60, 30, 13):
+        ty, tx = auto_tiles(tree, process_cluster, max_tile_positions=limit)
+        assert ty * tx >= 120 / limit and ty * tx <= 2 * 120 / limit + 1
+        assert ty <= tx  # the scan is wider than tall
 
 
 def test_unreachable_scheduler_is_one_clear_error(scan_file, tmp_path):

@@ -58,7 +58,12 @@ class PtychoOptions:
         Incoherent probe modes.
     position_correction : bool
     tiles : list of two int or None
-        Tile grid (ny, nx) for tile-parallel reconstruction; None = one tile.
+        Tile grid (ny, nx) for tile-parallel reconstruction; ``[1, 1]`` = one tile in one process;
+        None = chosen by the pipeline from the scan, the workers and ``max_tile_positions``
+        (:func:`xmulti.stages.auto_tiles`).
+    max_tile_positions : int
+        Largest number of positions (halo excluded) of one tile when the pipeline chooses the
+        tiles: it bounds a worker's memory by its tile whatever the scan's size.
     halo_um : float or None
         Halo width; None = about two scan steps.
     sync_every : int or None
@@ -72,6 +77,7 @@ class PtychoOptions:
     probe_modes: int = 1
     position_correction: bool = False
     tiles: list[int] | None = None
+    max_tile_positions: int = 2500
     halo_um: float | None = None
     sync_every: int | None = None
     seed: int = 0
@@ -85,6 +91,8 @@ class PtychoOptions:
             raise InvalidInputError(f"ptycho.probe_modes: must be >= 1, got {self.probe_modes}")
         if self.tiles is not None and (len(self.tiles) != 2 or min(self.tiles) < 1):
             raise InvalidInputError(f"ptycho.tiles: must be two positive integers, got {self.tiles}")
+        if self.max_tile_positions < 1:
+            raise InvalidInputError(f"ptycho.max_tile_positions: must be >= 1, got {self.max_tile_positions}")
 
 
 @dataclass(frozen=True)
