@@ -143,3 +143,30 @@ def test_wrong_element_list_warns_with_suggestions():
         )
     found = {p["candidates"][0] for p in result.suggested_elements if p["candidates"]}
     assert {"K", "S"} <= found  # the strongest missing lines
+
+
+def test_quadratic_energy_term_is_recovered():
+    """A detector with a quadratic energy scale (3 channels of curvature at the Compton peak):
+    fitting ``quadratic_keV`` puts every peak of the fitted range within 0.1 channel again,
+    while a linear calibration cannot."""
+    quadratic = 3.0e-8  # keV / channel^2: 0.027 keV (2.6 channels) at channel 950
+    scan = make_scan("tiny", seed=4, energy_quadratic_keV=quadratic, **SETTINGS)
+    cfg = scan.config
+    initial = Calibration(*cfg.nominal_calibration_keV)
+    summed = scan.spectra.sum(axis=0)
+    quad = calibrate(summed, cfg.energy_keV, initial, list(scan.elements),
+                     fit_parameters=("offset_keV", "gain_keV", "quadratic_keV", "noise_fwhm_keV", "fano",
+                                     "compton_shift_keV", "compton_width_keV"))
+    linear = calibrate(summed, cfg.energy_keV, initial, list(scan.elements))
+
+    def worst_channel_error(result):
+        cal = result.calibration
+        ch = np.arange(result.model.channel_slice.start, result.model.channel_slice.stop, dtype=float)
+        fitted = cal.offset_keV + cal.gain_keV * ch + cal.quadratic_keV * ch**2
+        true = cfg.energy_offset_keV + cfg.energy_gain_keV * ch + quadratic * ch**2
+        return np.abs(fitted - true).max() / cfg.energy_gain_keV
+
+    assert quad.calibration.quadratic_keV == pytest.approx(quadratic, rel=0.1)
+    assert worst_channel_error(quad) < 0.1
+    assert quad.reduced_chi_square == pytest.approx(1.0, abs=0.1)
+    assert worst_channel_error(linear) > 0.3 and linear.reduced_chi_square > quad.reduced_chi_square
