@@ -40,7 +40,7 @@ def kernel_name(tmp_path_factory):
 
 
 def test_notebooks_are_found():
-    assert {"01_quickstart.ipynb"} <= set(NAMES)
+    assert {"01_quickstart.ipynb", "02_correlative_analysis.ipynb"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
