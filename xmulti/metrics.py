@@ -17,6 +17,7 @@ __all__ = [
     "align_phase",
     "phase_error",
     "illumination_weight",
+    "region_phase_contrast",
     "fourier_ring_correlation",
     "frc_resolution",
 ]
@@ -103,6 +104,59 @@ def phase_error(
     if den <= 0:
         raise InvalidInputError("the true phase is flat on the weighted region: NRMSE undefined")
     return float(np.sqrt(np.sum(w * diff**2) / den))
+
+
+def region_phase_contrast(
+    recon: np.ndarray, truth: np.ndarray, labels: np.ndarray, weight: np.ndarray | None = None,
+    min_pixels: int = 50,
+) -> dict[int, float]:
+    """Mean phase of each labelled region relative to the background, reconstruction over truth.
+
+    A direct measure of the low-spatial-frequency fidelity that matters for phase-derived mass:
+    for region ``k`` (e.g. a cell), ``(<phi_r>_k - <phi_r>_0) / (<phi_t>_k - <phi_t>_0)``, where
+    ``<.>_k`` is the mean over the region's pixels with nonzero weight, ``<.>_0`` over the
+    label-0 (background) pixels, and ``phi_r`` the phase of the reconstruction aligned on the
+    truth (offset and linear ramp removed, :func:`align_phase`). 1 is a perfect region contrast;
+    0.9 means the region came out 10 % too shallow.
+
+    Parameters
+    ----------
+    recon, truth : ndarray (Ny, Nx) complex
+        Complex transmissions on the same grid.
+    labels : ndarray (Ny, Nx) int
+        0 for background, k > 0 for region k (e.g. the simulator's ``cell_labels``).
+    weight : ndarray (Ny, Nx), optional
+        Where the reconstruction is trusted (e.g. :func:`illumination_weight`).
+    min_pixels : int
+        Regions with fewer weighted pixels are left out.
+
+    Returns
+    -------
+    dict
+        Region label -> contrast ratio.
+    """
+    w = _check_pair(np.asarray(recon), np.asarray(truth), weight)
+    labels = np.asarray(labels)
+    if labels.shape != w.shape:
+        raise InvalidInputError(f"labels shape {labels.shape} does not match the images {w.shape}")
+    aligned = align_phase(recon, truth, w)
+    # phases about the truth's weighted mean: no wrapping for objects of < pi phase range
+    ref = np.exp(-1j * np.angle(np.sum(w * truth)))
+    phi_r = np.angle(aligned * ref)
+    phi_t = np.angle(np.asarray(truth) * ref)
+    inside = w > 0
+    background = inside & (labels == 0)
+    if background.sum() < min_pixels:
+        raise InvalidInputError("too few weighted background (label 0) pixels for a contrast")
+    out = {}
+    for k in np.unique(labels[inside & (labels > 0)]):
+        sel = inside & (labels == k)
+        if sel.sum() < min_pixels:
+            continue
+        true_c = phi_t[sel].mean() - phi_t[background].mean()
+        if abs(true_c) > 1e-12:
+            out[int(k)] = float((phi_r[sel].mean() - phi_r[background].mean()) / true_c)
+    return out
 
 
 def illumination_weight(illumination: np.ndarray, threshold: float = 0.1) -> np.ndarray:

@@ -137,6 +137,8 @@ def run_engine(
     opts = EngineOptions(**(options or EngineOptions()).__dict__)  # a copy: defaults filled below
     if engine == "epie":
         opts.alpha = opts.beta = 1.0
+    if opts.noise is None:
+        opts.noise = "poisson" if engine == "lsqml" else "gaussian"
     if opts.noise not in ("gaussian", "poisson"):
         raise InvalidInputError(f"unknown noise model {opts.noise!r}; use 'gaussian' or 'poisson'")
     _check(state, frames)
@@ -146,7 +148,7 @@ def run_engine(
     # positions per chunk of work arrays: memory and cache bound, whatever the batch size
     chunk = max(1, int(opts.chunk_bytes // (8 * n * n * state.probe.shape[0])))
     if opts.momentum is None:
-        opts.momentum = 0.8 if engine == "lsqml" else 0.0
+        opts.momentum = 0.9 if engine == "lsqml" else 0.0
     if opts.batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {opts.batch_size}")
     fft = fft or FFT2(get_xp(state.obj))

@@ -8,9 +8,13 @@ exit waves need not be kept).
 - Gaussian (amplitude) model: the modulus projection ``Psi' = Psi A / |Psi|`` with
   ``|Psi| = sqrt(sum_k |Psi_k|^2)`` (mixed states, Thibault & Menzel 2013), i.e. the maximum
   likelihood step for Gaussian noise on the amplitudes.
-- Poisson model (Odstrcil, Menzel & Guizar-Sicairos, Opt. Express 26, 3108 (2018), Sec. 2.2):
+- Poisson model, the default (Odstrcil, Menzel & Guizar-Sicairos, Opt. Express 26, 3108 (2018), Sec. 2.2):
   the negative log-likelihood ``sum(|Psi|^2 - I log |Psi|^2)`` has the descent direction
-  ``Psi (I/|Psi|^2 - 1)``; the step along it is optimised per frame by Newton iterations.
+  ``Psi (I/|Psi|^2 - 1)``; the step along it is optimised per frame by a Newton step. The
+  amplitude model is biased where counts are low (``E sqrt(N) < sqrt(E N)``, much so below one
+  photon per pixel): it underestimates the weak scattering at high angles, and reconstructions
+  of weak phase objects came out with 4-5 % too little phase contrast even at low spatial
+  frequencies (cells too shallow); the Poisson model has no such bias.
 
 Invalid pixels (amplitude ``-1``) keep the model amplitude: their update is zero.
 The returned error is ``sum (|Psi| - A)^2`` over valid pixels, and ``sum A^2`` to normalise it.
@@ -122,7 +126,7 @@ def fourier_update(
     return spec, error, norm, factor_ml
 
 
-def _poisson_factor(mod: Any, amp: Any, xp: Any, newton_steps: int = 3) -> Any:
+def _poisson_factor(mod: Any, amp: Any, xp: Any, newton_steps: int = 1) -> Any:
     """Per-pixel multiplier ``a_b * r`` with ``r = I/|Psi|^2 - 1`` and per-frame optimal ``a_b``.
 
     Along ``Psi (1 + a r)`` the model intensity is ``|Psi|^2 (1 + a r)^2``; ``a`` minimises the
@@ -131,7 +135,8 @@ def _poisson_factor(mod: Any, amp: Any, xp: Any, newton_steps: int = 3) -> Any:
     (``L' = 2 sum r (|Psi|^2 g - I / g)``, ``L'' = 2 sum r^2 (|Psi|^2 + I / g^2)``) from the
     amplitude-projection-like ``a = 1/2``, with ``g >= 0.05`` and ``a`` in [0, 1]. (A single
     Newton step from ``a = 0`` is not enough: pixels with counts but a near-zero model dominate
-    ``L''(0)`` and stall the update.)
+    ``L''(0)`` and stall the update. From ``a = 1/2`` one step gave the same reconstructions as
+    three on the reference problem, at a third of the cost.)
     """
     m2 = mod * mod
     m2 += _EPS

@@ -97,7 +97,8 @@ def search_probe(
     centre = positions_px[usable[int(np.argmax(contrast))]]
     near = usable[np.argsort(np.hypot(*(positions_px[usable] - centre).T))[:max_positions]]
     sub = frames.subset(near)
-    opts = EngineOptions(batch_size=16, probe_update_start=1)
+    # plain amplitude-projection rPIE: the candidates are ranked by their detector error
+    opts = EngineOptions(batch_size=16, probe_update_start=1, noise="gaussian", intensity_correction=False)
     best = (np.inf, None, 0.0)
     trials = [] if trials is None else trials
     for d in diameters:

@@ -93,12 +93,15 @@ def scan_positions_um(ds, diffraction_shape) -> np.ndarray:
     return positions_um
 
 
-def object_setup(ds, positions_um, n: int, options: EngineOptions | None, noise: str, position_correction: bool):
+def object_setup(
+    ds, positions_um, n: int, options: EngineOptions | None, noise: str | None, position_correction: bool
+):
     """Object pixel (um), engine options, grid margin, origin (um), shape and fractional positions."""
     dx_um = float(ds.attrs["object_pixel_size_m"]) * 1e6
     if not dx_um > 0:
         raise InvalidInputError(f"object pixel size must be positive, got {dx_um} um")
     opts = options or EngineOptions()
+    noise = noise if noise is not None else opts.noise
     opts = EngineOptions(**{**opts.__dict__, "noise": noise, "position_correction": position_correction})
     # room for position corrections around the scanned area
     margin = 2 + (int(np.ceil(8 * opts.max_shift_px)) + 8 if position_correction else 0)
@@ -116,7 +119,7 @@ def reconstruct(
     probe: np.ndarray | None = None,
     probe_diameter_um: float | None = None,
     probe_support: bool = True,
-    noise: str = "gaussian",
+    noise: str | None = None,
     saturation: float | None = None,
     clip_negative: bool = False,
     options: EngineOptions | None = None,
@@ -157,9 +160,10 @@ def reconstruct(
     probe_support : bool
         Confine the probe's spectrum to the aperture seen in the mean pattern (zone-plate or
         mirror optics); turn off for probes without a sharp far-field aperture.
-    noise : {"gaussian", "poisson"}
-        Likelihood of the exit-wave update: Gaussian (amplitude projection) or Poisson (a
-        little more accurate on dense simulated objects, about 1.5x slower per epoch).
+    noise : {"poisson", "gaussian"}, optional
+        Likelihood of the exit-wave update: Poisson or Gaussian (amplitude projection, biased
+        at low counts: weak phase objects come out with a few % too little contrast). Default:
+        Poisson for LSQ-ML, Gaussian for rPIE/ePIE.
     saturation : float, optional
         Counts at or above this level are left free (like masked pixels).
     clip_negative : bool
@@ -241,6 +245,8 @@ def reconstruct(
         if progress is not None:
             progress(s.epoch, iterations, s.errors[-1])
 
+    if opts.noise is None:
+        opts.noise = "poisson" if engine == "lsqml" else "gaussian"
     run_engine(state, frames, engine, iterations, opts, fft, _callback)
 
     return result_dataset(
@@ -249,7 +255,7 @@ def reconstruct(
             "engine": engine,
             "iterations": int(iterations),
             "probe_modes": int(probe_modes),
-            "noise": noise,
+            "noise": opts.noise,
             "position_correction": bool(position_correction),
             "skipped_frames": int((~frames.usable).sum()),
         },
