@@ -121,7 +121,7 @@ def solve(
     if iterations > 0:
         result = optimize.minimize(
             fun, x0 * scale, jac=True, method="L-BFGS-B", bounds=bounds, callback=_cb,
-            options={"maxiter": int(iterations), "maxfun": 3 * int(iterations) + 5, "maxcor": 10,
+            options={"maxiter": int(iterations), "maxfun": 3 * int(iterations) + 5, "maxcor": 30,
                      "ftol": 1e-12, "gtol": 1e-10},
         )
         x = result.x / scale
