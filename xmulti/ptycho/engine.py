@@ -9,7 +9,6 @@ the probe and object after a few epochs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -66,14 +65,14 @@ def _apply_momentum(state: ReconState, before: tuple, momentum: float, probe: bo
         state.probe += m * state.velocity[1]
 
 
-def _neighbour_weights(positions_px: np.ndarray, n: int) -> Any:
-    """Row-normalised Gaussian weights (sparse, M x M) between positions, width a quarter frame.
+def _neighbour_weights(positions_px: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian weights between nearby positions (width a quarter frame), rows summing to 1.
 
-    Used to split the fitted per-frame intensity factors into what varies smoothly from one
-    position to its neighbours (the object's absorption over the window, which the object
-    amplitude must carry) and what does not (the beam-flux fluctuation of each frame).
+    Returned as ``(rows, cols, weights)`` of the nonzero entries (self included). Used to split
+    the fitted per-frame intensity factors into what varies smoothly from one position to its
+    neighbours (the object's absorption over the window, which the object amplitude must carry)
+    and what does not (the beam-flux fluctuation of each frame).
     """
-    from scipy.sparse import coo_matrix
     from scipy.spatial import cKDTree
 
     sigma = n / 8.0
@@ -84,18 +83,20 @@ def _neighbour_weights(positions_px: np.ndarray, n: int) -> Any:
     rows = np.concatenate([pairs[:, 0], pairs[:, 1], np.arange(m)])
     cols = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(m)])
     vals = np.concatenate([w, w, np.ones(m)])
-    mat = coo_matrix((vals, (rows, cols)), shape=(m, m)).tocsr()
-    return mat.multiply(1.0 / np.asarray(mat.sum(axis=1))).tocsr()
+    vals /= np.bincount(rows, vals, m)[rows]
+    return rows, cols, vals
 
 
-def _flux_factors(factors: np.ndarray, neighbours: Any) -> np.ndarray:
+def _flux_factors(factors: np.ndarray, neighbours: tuple) -> np.ndarray:
     """Per-frame flux factors: the fitted intensity factors over their neighbourhood mean.
 
     The ratio keeps the frame-to-frame (white) part of the factors; their smooth part is left
     to the object, otherwise the object's low-frequency amplitude and the factors trade freely
     (a direction the momentum was seen to blow up). Mean 1: the mean flux is the probe power.
     """
-    out = factors / np.maximum(neighbours @ factors, 1e-12)
+    rows, cols, vals = neighbours
+    smooth = np.bincount(rows, vals * factors[cols], len(factors))
+    out = factors / np.maximum(smooth, 1e-12)
     return out / out.mean()
 
 
