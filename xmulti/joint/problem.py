@@ -34,6 +34,13 @@ from .model import (
 __all__ = ["FrameSource", "JointProblem"]
 
 
+def _accumulate_stack(target: np.ndarray, patches: np.ndarray, corners: np.ndarray) -> None:
+    """``target[:, y:y+n, x:x+n] += patches[:, b]`` for every corner (all maps in one pass)."""
+    n = patches.shape[-1]
+    for b, (y, x) in enumerate(corners.tolist()):
+        target[:, y : y + n, x : x + n] += patches[:, b]
+
+
 class FrameSource:
     """Diffraction frames in batches: ``sqrt(counts)`` in the unshifted FFT layout and validity.
 
@@ -187,8 +194,7 @@ class JointProblem:
             count = sl.stop - sl.start
             accumulate_patches(illum, np.broadcast_to((np.abs(probes) ** 2).sum(axis=1), (count, n, n)), self.corners[sl])
             fp2 = self.footprints(probes, count) ** 2
-            for e in range(self.n_elements):
-                accumulate_patches(xrf[e], fp2 * w[sl, e, None, None], self.corners[sl])
+            _accumulate_stack(xrf, w[sl].T[:, :, None, None] * fp2[None], self.corners[sl])
         return illum, xrf
 
     # -- objective -----------------------------------------------------------------------------
@@ -246,8 +252,7 @@ class JointProblem:
             ew = emit_view[:, corners[:, 0], corners[:, 1]]
             lx, gx, model, resid = xrf_batch(ew, fp, self.xrf_data[sl], self.xrf_sigma[sl], self.sensitivity)
             loss_x += lx
-            for e in range(self.n_elements):
-                accumulate_patches(grad_emit[e], gx[e], corners)
+            _accumulate_stack(grad_emit, gx, corners)
             if grad_probe is not None:
                 power = np.broadcast_to((np.abs(probes) ** 2).sum(axis=(1, 2, 3)), (count,))
                 q = xrf_probe_weight(ew, model, resid, self.sensitivity, power)
