@@ -74,8 +74,10 @@ class EngineOptions:
         it).
     chunk_bytes : float
         LSQ-ML works through a batch in chunks of positions whose complex64 exit waves take
-        at most this many bytes (memory bounded by the chunk, not the scan; chunks below
-        glibc's 32 MB mmap threshold also avoid page faults on every temporary).
+        at most this many bytes (memory bounded by the chunk, not the scan). 2 MB keeps a
+        chunk's working arrays in the CPU caches: on the reference problem an epoch took
+        0.8-0.9x the FFT floor with 1-2 MB chunks against 1.2x with 16 MB (integral positions),
+        and 1.6x against 6.5x with subpixel positions.
     alpha : float
         rPIE object regularisation (Maiden, Johnson & Li, Optica 4, 736 (2017)); ``alpha=1``
         with ``beta=1`` is ePIE-like (step normalised by the maximum illumination).
@@ -133,7 +135,7 @@ class EngineOptions:
     reg_probe: float = 0.02
     relax: float = 1.0
     momentum: float | None = None
-    chunk_bytes: float = 16e6
+    chunk_bytes: float = 2e6
     position_batch_size: int = 8
     probe_update_start: int = 2
     update_probe: bool = True
