@@ -15,7 +15,7 @@ from xmulti.metrics import illumination_weight, phase_error
 from xmulti.ptycho import EngineOptions, ReconState, far_field, prepare_frames, run_engine
 from xmulti.ptycho.probe import add_modes, orthogonalize_modes, scale_probe_power
 from xmulti.ptycho.reconstruct import illumination_map
-from xmulti.ptycho.synthetic import defocused_probe, make_problem
+from xmulti.simulate.optics import make_problem, zone_plate_probe
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,11 @@ def problem():
     p = make_problem((8, 8), 32, 0.7, diameter_px=16, photons=1e6, seed=0)
     weight = illumination_weight(illumination_map(p.probe[None], p.positions_px, p.obj.shape), 0.3)
     return p, weight
+
+
+def plain_probe(n: int, diameter_px: float) -> np.ndarray:
+    """A zone-plate probe without astigmatism (unit power): a rough guess of the true one."""
+    return zone_plate_probe(n, diameter_px, 1.0, stop_fraction=0.4, astigmatism=0.0).astype(np.complex64)
 
 
 def solve(frames, probe, positions, shape, engine="rpie", iterations=60, **kw):
@@ -56,7 +61,7 @@ def test_probe_refined_from_rough_guess(problem, engine, jitter_px):
         w = illumination_weight(illumination_map(p.probe[None], p.positions_px, p.obj.shape), 0.3)
     frames = prepare_frames(p.frames)
     # footprint 25 % too large, no astigmatism knowledge: a rough guess
-    guess = scale_probe_power(defocused_probe(32, 20, 1.0)[None], frames.mean_counts)
+    guess = scale_probe_power(plain_probe(32, 20)[None], frames.mean_counts)
     fixed = solve(frames, guess, p.positions_px, p.obj.shape, engine, 100, update_probe=False)
     refined = solve(frames, guess, p.positions_px, p.obj.shape, engine, 100)
     err_fixed = phase_error(fixed.obj, p.obj, w)
@@ -127,7 +132,7 @@ def test_mixed_state_probe_modes(problem):
     p, w = problem
     n = 32
     main = p.probe
-    second = defocused_probe(n, 20, 1.0) * np.exp(1j * np.linspace(0, 3, n))[None, :]
+    second = plain_probe(n, 20) * np.exp(1j * np.linspace(0, 3, n))[None, :]
     modes = orthogonalize_modes(np.stack([main, second * np.sqrt(0.25 * np.sum(np.abs(main) ** 2))
                                           / np.linalg.norm(second)]).astype(np.complex64))
     intensity = sum(far_field(m, p.obj, p.positions_px) for m in modes)

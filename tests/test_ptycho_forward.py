@@ -9,13 +9,13 @@ from xmulti.errors import InvalidInputError
 from xmulti.ptycho import FFT2, far_field, object_grid, window_corners
 from xmulti.ptycho.forward import accumulate_patches, extract_patches
 from xmulti.ptycho.shift import is_integral, shift_images, shifted_probes
-from xmulti.ptycho.synthetic import blob_object, defocused_probe
+from xmulti.simulate.optics import blob_object, zone_plate_probe
 
 
 @pytest.fixture(scope="module")
 def setup():
     obj = blob_object((60, 64), seed=3)
-    probe = defocused_probe(16, 8, 1e4)
+    probe = zone_plate_probe(16, 8, 1e4, stop_fraction=0.4, astigmatism=0.0).astype(np.complex64)
     return obj, probe
 
 

@@ -13,7 +13,7 @@ from xmulti.metrics import (
     illumination_weight,
     phase_error,
 )
-from xmulti.ptycho.synthetic import blob_object
+from xmulti.simulate.optics import blob_object
 
 
 @pytest.fixture(scope="module")

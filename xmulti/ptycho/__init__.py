@@ -11,8 +11,9 @@ Kernels (everything but :mod:`xmulti.ptycho.reconstruct`) take plain numpy (or c
 - ``state``: :class:`ReconState` (object, probe, positions) and :class:`EngineOptions`;
 - ``batch``, ``fourier``, ``updates``: the shared per-batch pipeline;
 - ``rpie``, ``lsqml``: the engines' updates; ``positions``: position correction;
-- ``engine``: :func:`run_engine`, the epoch loop (any subset of positions / object sub-array);
-- ``synthetic``: small simulated problems with ground truth for tests and benchmarks.
+- ``engine``: :func:`run_engine`, the epoch loop (any subset of positions / object sub-array).
+
+Small simulated ptychography problems for tests: :func:`xmulti.simulate.optics.make_problem`.
 """
 
 from __future__ import annotations

@@ -3,9 +3,15 @@
 Pure numpy kernels following xmulti's conventions: the probe array's pixel (N//2, N//2) is the
 beam centre; object pixel (i, j) is centred at ``origin + (i, j) * dx``; the far field is
 ``|fftshift(fft2(probe * object_window, norm="ortho"))|^2``.
+
+Besides the pieces of the full scan simulator, :func:`make_problem` builds a small
+ptychography-only problem on a dense phase object (:func:`blob_object`) for the engines' tests
+and benchmarks.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft as sfft
@@ -18,11 +24,14 @@ __all__ = [
     "shifted_probes",
     "gather_windows",
     "far_field_intensity",
+    "blob_object",
+    "SyntheticProblem",
+    "make_problem",
 ]
 
 
 def zone_plate_probe(
-    n: int, diameter_px: float, photons: float, stop_fraction: float = 0.45
+    n: int, diameter_px: float, photons: float, stop_fraction: float = 0.45, astigmatism: float = 0.6
 ) -> np.ndarray:
     """A defocused Fresnel-zone-plate probe: annular pupil (central stop) with defocus.
 
@@ -40,6 +49,8 @@ def zone_plate_probe(
         Incident photons: the probe is scaled so ``sum |P|^2 = photons``.
     stop_fraction : float
         Central-stop radius over the zone-plate radius.
+    astigmatism : float
+        Astigmatic phase at the pupil edge, in units of pi (0: a rotationally symmetric probe).
 
     Returns
     -------
@@ -53,7 +64,7 @@ def zone_plate_probe(
     pupil = np.clip(outer + 0.5 - radius, 0, 1) * np.clip(radius - stop_fraction * outer + 0.5, 0, 1)
     # a ray through pupil frequency q lands alpha * q pixels from the centre
     alpha = diameter_px / (2.0 * outer)
-    phase = np.pi * alpha * (radius**2) / n + 0.6 * np.pi * ((qy**2 - qx**2) / outer**2)
+    phase = np.pi * alpha * (radius**2) / n + astigmatism * np.pi * ((qy**2 - qx**2) / outer**2)
     field = pupil * np.exp(1j * phase)
     probe = sfft.fftshift(sfft.ifft2(sfft.ifftshift(field), norm="ortho"))
     probe *= np.sqrt(photons / np.sum(np.abs(probe) ** 2))
@@ -156,3 +167,108 @@ def far_field_intensity(exit_waves: np.ndarray) -> np.ndarray:
     """``|fftshift(fft2(psi, norm="ortho"))|^2`` over the last two axes (photons per pixel)."""
     spectrum = sfft.fft2(exit_waves, norm="ortho", axes=(-2, -1))
     return np.abs(sfft.fftshift(spectrum, axes=(-2, -1))) ** 2
+
+
+def blob_object(shape: tuple[int, int], seed: int = 0, max_phase: float = 1.0) -> np.ndarray:
+    """A dense phase object: overlapping Gaussian blobs and a few sharp discs.
+
+    Unlike the cell phantom (sparse cells in vacuum), structure is everywhere, which suits
+    tests of position correction and of engine convergence. Material gives negative phase,
+    down to ``-max_phase`` (rad), and some absorption (amplitude ``exp(-0.1 * phase depth)``).
+
+    Returns
+    -------
+    ndarray complex64
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices(shape, dtype=np.float64)
+    t = np.zeros(shape)
+    for _ in range(int(shape[0] * shape[1] / 400)):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        r = rng.uniform(1.5, 8.0)
+        t += rng.uniform(0.2, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    for _ in range(int(shape[0] * shape[1] / 3000) + 1):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        r = rng.uniform(3.0, 12.0)
+        t += 0.6 * np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1)
+    t *= max_phase / t.max()
+    return (np.exp(-1j * t) * np.exp(-0.1 * t)).astype(np.complex64)
+
+
+@dataclass
+class SyntheticProblem:
+    """A simulated ptychography-only data set and its truth.
+
+    Attributes
+    ----------
+    frames : ndarray (M, N, N) float32
+        Counts, zero frequency at the centre.
+    positions_px : ndarray (M, 2)
+        True beam centres, fractional object indices (y, x).
+    obj : ndarray (H, W) complex64
+        True object (:func:`blob_object`).
+    probe : ndarray (N, N) complex64
+        True probe, ``sum |P|^2`` = photons per frame.
+    """
+
+    frames: np.ndarray
+    positions_px: np.ndarray
+    obj: np.ndarray
+    probe: np.ndarray
+
+
+def make_problem(
+    scan_shape: tuple[int, int] = (8, 8),
+    n: int = 32,
+    overlap: float = 0.7,
+    diameter_px: float | None = None,
+    photons: float = 1e6,
+    jitter_px: float = 0.0,
+    noise: bool = True,
+    seed: int = 0,
+) -> SyntheticProblem:
+    """A ptychography problem: dense object just large enough for the scan, probe, frames.
+
+    Parameters
+    ----------
+    scan_shape : (int, int)
+        Raster size (ny, nx), y slow.
+    n : int
+        Frame/probe width (pixels).
+    overlap : float
+        Linear overlap ``1 - step / diameter``.
+    diameter_px : float, optional
+        Probe footprint (object pixels); default ``n / 2``. The probe is a zone-plate probe
+        without astigmatism (:func:`zone_plate_probe`, central stop 0.4).
+    photons : float
+        Photons per frame.
+    jitter_px : float
+        RMS random deviation of the true positions from the raster (pixels).
+    noise : bool
+        Poisson noise on the frames.
+    seed : int
+    """
+    d = diameter_px or n / 2
+    step = (1.0 - overlap) * d
+    margin = n // 2 + 4 + int(np.ceil(4 * jitter_px))
+    # first raster point at (margin, margin); exact multiples of the step (no rounding drift)
+    iy, ix = np.meshgrid(np.arange(scan_shape[0]), np.arange(scan_shape[1]), indexing="ij")
+    pos = margin + step * np.stack([iy.ravel(), ix.ravel()], axis=1).astype(np.float64)
+    if jitter_px:
+        pos += np.random.default_rng(seed).normal(0.0, jitter_px, pos.shape)
+    shape = tuple(
+        int(np.ceil(margin + (s - 1) * step + n - n // 2 + 4 + 4 * jitter_px)) for s in scan_shape
+    )
+    obj = blob_object(shape, seed=seed)
+    probe = zone_plate_probe(n, d, photons, stop_fraction=0.4, astigmatism=0.0).astype(np.complex64)
+    corner, fraction = window_indices(pos, n)
+    # remainders within rounding of 1 (e.g. 5 * 4.8 = 23.999...) belong to the next pixel
+    near_one = fraction > 1.0 - 1e-6
+    corner[near_one] += 1
+    fraction[near_one] = 0.0
+    # complex64 like the engines' model; the Fourier shift only where there is a remainder
+    probes = shifted_probes(probe, fraction).astype(np.complex64) if fraction.any() else probe[None]
+    frames = far_field_intensity(probes * gather_windows(obj, corner, n)).astype(np.float32)
+    if noise:
+        frames = np.random.default_rng(seed + 1).poisson(frames).astype(np.float32)
+    return SyntheticProblem(frames, pos, obj, probe)
