@@ -47,7 +47,7 @@ def _read_floor_s(scan_path: Path) -> float:
     return time.perf_counter() - start
 
 
-def bench(scan_shape: tuple[int, int], iterations: int, workers: int, workdir: Path) -> dict:
+def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_positions: int, workdir: Path) -> dict:
     from xmulti.cluster import dask_client
     from xmulti.options import PipelineOptions
     from xmulti.pipeline import run_pipeline
@@ -58,22 +58,33 @@ def bench(scan_shape: tuple[int, int], iterations: int, workers: int, workdir: P
     simulate_scan(scan, "large", seed=0, scan_shape=scan_shape, overwrite=True)
     simulate_s = time.perf_counter() - start
     options = PipelineOptions().override("xrf", elements=["P", "S", "K", "Ca", "Fe", "Cu", "Zn"])
-    options = options.override("ptycho", iterations=iterations)
+    options = options.override("ptycho", iterations=iterations, max_tile_positions=tile_positions)
     floor = _read_floor_s(scan)
+    store = workdir / f"results_{scan_shape[0]}x{scan_shape[1]}.zarr"
+    seconds, client_peak, worker_peak = {}, {}, {}
     with dask_client(n_workers=workers) as client:
-        _reset_peak()
-        client.run(_reset_peak)
-        reports = run_pipeline(scan, workdir / f"results_{scan_shape[0]}x{scan_shape[1]}.zarr", options,
-                               client=client, force=True, log=None)
-        worker_peaks = client.run(_peak_rss_mb)
+        for stage in ("fit-xrf", "reconstruct"):
+            # peaks per stage: reset, run the one stage, read the high-water marks
+            _reset_peak()
+            client.run(_reset_peak)
+            reports = run_pipeline(scan, store, _with_stages(options, [stage]), client=client, force=True, log=None)
+            seconds[stage] = sum(r.seconds for r in reports)
+            client_peak[stage] = _peak_rss_mb()
+            worker_peak[stage] = max(client.run(_peak_rss_mb).values())
     return {
         "positions": scan_shape[0] * scan_shape[1],
         "simulate_s": simulate_s,
         "read_floor_s": floor,
-        "stages": {r.name: r.seconds for r in reports},
-        "client_peak_mb": _peak_rss_mb(),
-        "worker_peak_mb": max(worker_peaks.values()),
+        "stages": seconds,
+        "client_peak_mb": client_peak,
+        "worker_peak_mb": worker_peak,
     }
+
+
+def _with_stages(options, stages):
+    import dataclasses
+
+    return dataclasses.replace(options, stages=list(stages))
 
 
 def main() -> None:
@@ -81,25 +92,26 @@ def main() -> None:
     parser.add_argument("--sizes", default="50x50,100x100", help="scan shapes, e.g. 50x50,100x100")
     parser.add_argument("--iterations", type=int, default=10, help="ptychography epochs")
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
+    parser.add_argument("--tile-positions", type=int, default=1250,
+                        help="ptycho.max_tile_positions: the same tile size at every scan size")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="xmulti-bench-") as tmp:
-        results = [bench(shape, args.iterations, args.workers, Path(tmp)) for shape in sizes]
+        results = [bench(shape, args.iterations, args.workers, args.tile_positions, Path(tmp)) for shape in sizes]
     print(f"pipeline benchmark: large-preset optics, {args.workers} worker processes, "
-          f"{args.iterations} ptychography epochs")
-    header = f"{'positions':>9s} {'fit-xrf s':>10s} {'(x read floor)':>15s} {'reconstruct s':>14s} " \
-             f"{'client peak MB':>15s} {'worker peak MB':>15s}"
-    print(header)
+          f"{args.iterations} ptychography epochs, tiles of at most {args.tile_positions} positions")
+    print(f"{'positions':>9s} {'stage':>12s} {'wall s':>8s} {'client peak MB':>15s} {'worker peak MB':>15s}")
     for r in results:
-        fit = r["stages"].get("fit-xrf", float("nan"))
-        print(f"{r['positions']:9d} {fit:10.2f} {fit / r['read_floor_s']:14.1f}x "
-              f"{r['stages'].get('reconstruct', float('nan')):14.2f} {r['client_peak_mb']:15.0f} "
-              f"{r['worker_peak_mb']:15.0f}")
+        for stage, secs in r["stages"].items():
+            extra = f"  ({secs / r['read_floor_s']:.1f}x reading the spectra once)" if stage == "fit-xrf" else ""
+            print(f"{r['positions']:9d} {stage:>12s} {secs:8.2f} {r['client_peak_mb'][stage]:15.0f} "
+                  f"{r['worker_peak_mb'][stage]:15.0f}{extra}")
     if len(results) > 1:
         a, b = results[0], results[-1]
         growth = b["positions"] / a["positions"]
-        print(f"positions x{growth:.1f}: client peak x{b['client_peak_mb'] / a['client_peak_mb']:.2f}, "
-              f"worker peak x{b['worker_peak_mb'] / a['worker_peak_mb']:.2f}")
+        for stage in a["stages"]:
+            print(f"positions x{growth:.1f}, {stage}: client peak x{b['client_peak_mb'][stage] / a['client_peak_mb'][stage]:.2f}, "
+                  f"worker peak x{b['worker_peak_mb'][stage] / a['worker_peak_mb'][stage]:.2f}")
 
 
 if __name__ == "__main__":
