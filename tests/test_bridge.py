@@ -1,0 +1,150 @@
+"""Probe-guided XRF resolution bridging (issue 8) on simulated truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xmulti.errors import InvalidInputError
+from xmulti.footprint import probe_intensity
+from xmulti.grid import image_axes_um
+from xmulti.joint.bridge import bridge_resolution, forward_operator, interpolate_map
+from xmulti.simulate import make_scan
+
+# follow the cell mass (xmulti/simulate/phantom.py): S = matrix, K = matrix * smooth ramp;
+# localised: Fe granules (plus a little matrix)
+STRUCTURE = ("S", "K")
+LOCALISED = ("Fe",)
+
+
+def test_operator_matches_a_direct_sum_and_its_adjoint():
+    rng = np.random.default_rng(0)
+    intensity = probe_intensity(rng.normal(size=(9, 9)) + 1j * rng.normal(size=(9, 9)))
+    shape = (30, 34)
+    positions = np.array([[10.0, 12.0], [4.0, 29.0], [25.0, 5.0], [12.3, 17.8]])
+    op = forward_operator(intensity, positions, shape)
+    c = rng.random(shape)
+    b = op.forward(c)
+    for j, (py, px) in enumerate(positions[:3].astype(int)):  # integer positions: the footprint sum
+        direct = 0.0
+        for dy in range(-4, 5):
+            for dx in range(-4, 5):
+                if 0 <= py + dy < shape[0] and 0 <= px + dx < shape[1]:
+                    direct += intensity[4 + dy, 4 + dx] * c[py + dy, px + dx]
+        assert b[j] == pytest.approx(direct, rel=1e-12)
+    # subpixel: bilinear between the four integer neighbours
+    corners = forward_operator(intensity, np.array([[12, 17], [12, 18], [13, 17], [13, 18]], float), shape).forward(c)
+    assert b[3] == pytest.approx(0.7 * 0.2 * corners[0] + 0.7 * 0.8 * corners[1] + 0.3 * 0.2 * corners[2]
+                                 + 0.3 * 0.8 * corners[3], rel=1e-12)
+    r = rng.random(4)
+    assert np.dot(op.forward(c), r) == pytest.approx(np.sum(c * op.adjoint(r)), rel=1e-12)
+    assert op.forward(np.full(shape, 3.0))[0] == pytest.approx(3.0)  # uniform sample: the map value
+    with pytest.raises(InvalidInputError, match="outside the object grid"):
+        forward_operator(intensity, np.array([[40.0, 1.0]]), shape)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A tiny scan (no beam fluctuation, no dead time: maps are counts), the true phase and
+    probe as a reconstruction Dataset, Poisson count maps and the truth in map units."""
+    scan = make_scan("tiny", seed=0, i0_fluctuation=0.0, dead_time_fraction=0.0)
+    ny, nx = scan.config.scan_shape
+    y, x = image_axes_um(scan.object.shape, scan.pixel_size_um, scan.origin_um)
+    recon = xr.Dataset(
+        {"phase": (("y", "x"), np.angle(scan.object), {"units": "rad"}),
+         "probe": (("probe_y", "probe_x"), scan.probe)},
+        coords={"y": y, "x": x},
+    )
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(scan.line_counts).astype(float)
+    pos = scan.true_positions_um
+    maps = xr.Dataset(
+        {el: (("y", "x"), counts[:, j].reshape(ny, nx), {"units": "counts"}) for j, el in enumerate(scan.elements)},
+        coords={"y": pos[:, 0].reshape(ny, nx).mean(axis=1), "x": pos[:, 1].reshape(ny, nx).mean(axis=0)},
+    )
+    # truth in map units: composition times the counts per ug/cm2, from the noise-free counts
+    op = forward_operator(probe_intensity(scan.probe), scan.fractional_positions(), scan.object.shape)
+    truth = {}
+    for j, el in enumerate(scan.elements):
+        comp = scan.phantom.composition_ug_cm2[j]
+        seen = op.forward(comp)
+        truth[el] = comp * float(seen @ scan.line_counts[:, j] / (seen @ seen))
+    return scan, recon, maps, truth
+
+
+def _nrmse(estimate, truth, where) -> float:
+    return float(np.sqrt(np.mean((estimate[where] - truth[where]) ** 2) / np.mean(truth[where] ** 2)))
+
+
+def test_guided_halves_the_error_of_interpolation_for_structure_elements(scene):
+    """NRMSE against the true composition on the object grid, over the pixels the interpolated
+    map covers (inside the scanned area); true probe, true phase, true positions."""
+    scan, recon, maps, truth = scene
+    elements = list(STRUCTURE + LOCALISED)
+    interp = interpolate_map(maps, recon["phase"], elements)
+    guided = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=elements)
+    rl = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=elements,
+                           method="richardson_lucy")
+    where = np.isfinite(interp["S"].values)
+    assert where.mean() > 0.2
+    for el in elements:
+        e_interp = _nrmse(interp[el].values, truth[el], where)
+        e_rl = _nrmse(rl[el].values, truth[el], where)
+        e_guided = _nrmse(guided[el].values, truth[el], where)
+        if el in STRUCTURE:
+            assert e_guided <= 0.5 * e_interp, (el, e_guided, e_interp)
+        # granules far below the footprint: both estimates are resolution-limited; a tie within
+        # 2 % counts as "not worse" (measured: Fe 0.575 vs 0.574)
+        assert e_guided <= 1.02 * e_rl, (el, e_guided, e_rl)
+        attrs = guided[el].attrs
+        assert attrs["units"] == "counts" and attrs["poisson_deviance"] <= attrs["n_measurements"]
+        assert attrs["regularisation_weight"] > 0 and attrs["iterations"] > 0
+    assert guided["S"].dims == ("y", "x") and guided["S"].shape == recon["phase"].shape
+    np.testing.assert_array_equal(guided["x"].values, recon["x"].values)
+    assert guided.attrs["method"] == "guided" and "discrepancy" in guided.attrs["regularisation"]
+    assert float(guided["coverage"].max()) == pytest.approx(1.0)
+
+
+def test_fit_xrf_maps_in_counts_per_i0(scene):
+    """The labelled op on fit_xrf output (normalised by i0 and dead time, with sigma maps):
+    equivalent counts from the sigma maps, result in the maps' units."""
+    from xmulti.xrf.maps import fit_xrf
+
+    _, recon, _, _ = scene
+    scan = make_scan("tiny", seed=0)  # with beam fluctuation and dead time
+    offset, gain = scan.config.nominal_calibration_keV
+    ds = xr.Dataset(
+        {"spectra": (("position", "channel"), scan.spectra), "i0": ("position", scan.i0),
+         "live_time": ("position", scan.live_time_s), "real_time": ("position", scan.real_time_s)},
+        coords={"energy": ("channel", offset + gain * np.arange(scan.spectra.shape[1])),
+                "position_y": ("position", scan.positions_um[:, 0]),
+                "position_x": ("position", scan.positions_um[:, 1])},
+        attrs={"incident_energy_keV": 10.0, "scan_shape": list(scan.config.scan_shape)},
+    )
+    maps = fit_xrf(ds, list(scan.elements)).compute()
+    out = bridge_resolution(maps, recon, positions_um=scan.positions_um, elements=["S"])
+    assert out["S"].attrs["units"] == maps["S"].attrs["units"]
+    # sigma^2 / value of a map in counts per i0 is about 1 / i0 (plus the fit's background)
+    assert 0.5 / scan.config.i0_counts < out["S"].attrs["counts_scale"] < 3.0 / scan.config.i0_counts
+    # truth in map units: counts per i0 per ug/cm2 from the map against the footprint-weighted truth
+    truth = scan.phantom.composition_ug_cm2[scan.elements.index("S")]
+    seen = forward_operator(probe_intensity(scan.probe), scan.fractional_positions(), truth.shape).forward(truth)
+    k = float(seen @ maps["S"].values.ravel() / (seen @ seen))
+    interp = interpolate_map(maps, recon["phase"], ["S"])["S"].values
+    where = np.isfinite(interp)
+    e_interp = _nrmse(interp, k * truth, where)
+    e_guided = _nrmse(out["S"].values, k * truth, where)
+    assert e_guided <= 0.5 * e_interp, (e_guided, e_interp)
+
+
+def test_bad_input_is_named(scene):
+    scan, recon, maps, _ = scene
+    with pytest.raises(InvalidInputError, match="method"):
+        bridge_resolution(maps, recon, method="wiener")
+    with pytest.raises(InvalidInputError, match="no map for element"):
+        bridge_resolution(maps, recon, elements=["Au"])
+    with pytest.raises(InvalidInputError, match=r"\(120, 2\) beam positions"):
+        bridge_resolution(maps, recon, positions_um=scan.true_positions_um[:10], elements=["S"])
+    with pytest.raises(InvalidInputError, match="phase"):
+        bridge_resolution(maps, recon.drop_vars("phase"), elements=["S"])
