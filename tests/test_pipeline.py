@@ -148,6 +148,26 @@ def test_run_on_a_scheduler_with_two_worker_processes_over_tcp(scan_file, tmp_pa
                 proc.wait(timeout=30)
 
 
+def test_fit_xrf_stage_quantifies_against_a_standard(scan_file, tmp_path):
+    """With xrf.standard the stage writes /xrf/areal_density: the standard's own scan, quantified
+    against itself, returns the densities it was given (the wiring; the physics of the
+    sensitivities is tested on the real AXO standard in test_quantify_axo.py)."""
+    from xmulti.io.results import read_group
+    from xmulti.pipeline import run_pipeline
+
+    config = tmp_path / "standard.yaml"
+    config.write_text(f"stages: [fit-xrf]\nxrf:\n  elements: [P, S, K, Ca, Fe, Cu, Zn]\n"
+                      f"  standard: {scan_file}\n  standard_densities: {{K: 1.5, Fe: 0.08}}\n")
+    run_pipeline(scan_file, tmp_path / "r.zarr", load_options(config), log=None)
+    density = read_group(tmp_path / "r.zarr", "/xrf/areal_density").load()
+    assert float(density["K"].mean()) == pytest.approx(1.5, rel=1e-4)
+    assert float(density["Fe"].mean()) == pytest.approx(0.08, rel=1e-4)
+    assert density["Zn"].attrs["units"] == "ug/cm2" and np.isfinite(density["Zn"].values).all()
+    with pytest.raises(InvalidInputError, match="exactly one of"):
+        config.write_text(f"xrf:\n  standard: {scan_file}\n")
+        load_options(config)
+
+
 def test_auto_tiles_bound_the_positions_per_tile(scan_file, process_cluster):
     import xmulti
     from xmulti.stages import auto_tiles

@@ -32,17 +32,29 @@ class XRFOptions:
         Element symbols to fit; None suggests them from the summed spectrum.
     background : str
         ``"linear"`` (continuum inside the linear model, unbiased) or ``"snip"``.
-    standard : dict of str to float or None
-        Areal densities (ug/cm2) of a thin-film standard scanned with the same setup, to quantify.
+    standard : str or None
+        Scan (combined layout, with i0) of a thin-film standard measured with the same setup;
+        with it the stage also writes ``/xrf/areal_density`` (ug/cm2).
+    standard_info : str or None
+        MAPS ``maps_standardinfo.txt`` with the standard's certified areal densities.
+    standard_densities : dict of str to float or None
+        The certified areal densities (ug/cm2) given directly, instead of ``standard_info``.
     """
 
     elements: list[str] | None = None
     background: str = "linear"
-    standard: dict[str, float] | None = None
+    standard: str | None = None
+    standard_info: str | None = None
+    standard_densities: dict[str, float] | None = None
 
     def check(self) -> None:
         if self.background not in ("linear", "snip"):
             raise InvalidInputError(f"xrf.background: must be 'linear' or 'snip', got {self.background!r}")
+        given = (self.standard_info is not None) + (self.standard_densities is not None)
+        if self.standard is None and given:
+            raise InvalidInputError("xrf.standard_info and xrf.standard_densities need xrf.standard (its scan)")
+        if self.standard is not None and given != 1:
+            raise InvalidInputError("xrf.standard needs exactly one of xrf.standard_info or xrf.standard_densities")
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,18 @@ def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], 
     maps = result[element_vars]
     maps.attrs = dict(result.attrs)
     diagnostics = result.drop_vars(element_vars)
-    return {"/xrf/elemental_maps": maps, "/xrf/fit": diagnostics}
+    groups = {"/xrf/elemental_maps": maps, "/xrf/fit": diagnostics}
+    if options.standard is not None:
+        from .xrf.standard import fit_standard, quantify_maps, read_standard_info
+
+        densities = (read_standard_info(options.standard_info) if options.standard_info is not None
+                     else dict(options.standard_densities))
+        if log is not None:
+            log(f"  fit-xrf: quantifying against the standard {options.standard}")
+        standard = fit_standard(options.standard, densities, list(result.attrs.get("elements", [])),
+                                background=options.background)
+        groups["/xrf/areal_density"] = quantify_maps(result, standard)
+    return groups
 
 
 def reconstruct_groups(tree, options: PtychoOptions, client=None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
