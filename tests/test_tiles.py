@@ -89,3 +89,50 @@ def test_bad_tiling_input(truth_and_positions):
         split_tiles(positions, N, SHAPE, grid=(2, 2), halo_px=-1)
     with pytest.raises(InvalidInputError, match="positions must be"):
         split_tiles(positions[:, :1], N, SHAPE, grid=(2, 2))
+
+
+def _tile_copies(truth, tiles, positions, rng, misaligned):
+    """Each tile's view of the truth (with a random offset, ramp and scale when ``misaligned``)
+    and a Gaussian-beam illumination of its members."""
+    objects, illuminations = [], []
+    for k, tile in enumerate(tiles):
+        region = tuple(slice(o, o + s) for o, s in zip(tile.offset, tile.shape, strict=True))
+        iy, ix = np.indices(tile.shape) + np.reshape(tile.offset, (2, 1, 1))
+        theta, g, scale = (0.0, (0.0, 0.0), 1.0) if k == 0 or not misaligned else (
+            rng.uniform(0.5, 1.5) * rng.choice([-1, 1]), rng.normal(0, 0.01, 2), rng.uniform(0.8, 1.2))
+        objects.append(truth[region] * scale * np.exp(1j * (theta + g[0] * iy + g[1] * ix)))
+        illum = np.zeros(tile.shape)
+        for p in positions[tile.members]:
+            illum += np.exp(-((iy - p[0]) ** 2 + (ix - p[1]) ** 2) / (2 * 8.0**2))
+        illuminations.append(illum)
+    return objects, illuminations
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (3, 3)])
+def test_seam_ratio_is_one_for_a_seamless_stitch_and_flags_a_misaligned_one(truth_and_positions, grid):
+    from xmulti.ptycho.seams import seam_ratio
+    from xmulti.ptycho.stitch import blend_tiles, tile_weight
+
+    truth, positions = truth_and_positions
+    halo = 12.0
+    tiles = split_tiles(positions, N, SHAPE, grid=grid, halo_px=halo)
+    objects, illuminations = _tile_copies(truth, tiles, positions, np.random.default_rng(4), misaligned=True)
+    stitched, _, total = stitch(objects, tiles, illuminations, halo, SHAPE)
+    region = (total > 0.3 * total.max()).astype(float)
+    assert seam_ratio(stitched, tiles, region, 3.0, reference=truth) == pytest.approx(1.0, abs=0.01)
+    # the same tiles blended without the alignment: offsets of 0.5-1.5 rad between neighbours
+    weights = [tile_weight(t, ill, halo) for t, ill in zip(tiles, illuminations, strict=True)]
+    naive, _ = blend_tiles(objects, tiles, weights, SHAPE)
+    for band in (3.0, halo):
+        assert seam_ratio(naive, tiles, region, band, reference=truth) > 1.5
+
+
+def test_seam_ratio_rejects_a_region_without_boundaries(truth_and_positions):
+    from xmulti.ptycho.seams import seam_ratio
+
+    truth, positions = truth_and_positions
+    one = split_tiles(positions, N, SHAPE, grid=(1, 1), halo_px=12.0)
+    with pytest.raises(InvalidInputError, match="no core boundary"):
+        seam_ratio(truth, one, np.ones(SHAPE), 3.0)
+    with pytest.raises(InvalidInputError, match="same shape"):
+        seam_ratio(truth, one, np.ones((4, 4)), 3.0)

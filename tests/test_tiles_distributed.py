@@ -1,5 +1,5 @@
-"""Tile-parallel reconstruction on a real process cluster: accuracy against a single tile,
-independence from the number of workers."""
+"""Tile-parallel reconstruction on a real process cluster: accuracy and seams against a single
+tile, independence from the number of workers, the CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from xmulti.ptycho.engine import run_engine
 from xmulti.ptycho.reconstruct import illumination_map
 from xmulti.ptycho.state import EngineOptions, ReconState
 from xmulti.ptycho.tiles import split_tiles
-from xmulti.simulate import make_scan
+from xmulti.simulate import config_for, make_scan
 
 pytestmark = pytest.mark.cluster
 ITERATIONS = 40
@@ -41,7 +41,7 @@ def _tiled(problem, client, grid, sync_every, options):
                              sync_every=sync_every, options=options, client=client)
 
 
-@pytest.mark.parametrize("grid, sync_every", [((2, 2), None), ((2, 2), 10), ((3, 3), 10)])
+@pytest.mark.parametrize("grid, sync_every", [((3, 3), 10)])
 def test_stitched_error_within_1_1x_of_one_tile(problem, process_cluster, grid, sync_every):
     scan, positions, probe, shape, weight = problem
     options = EngineOptions(update_probe=False)
@@ -65,27 +65,54 @@ def test_result_does_not_depend_on_the_number_of_workers(problem, process_cluste
     np.testing.assert_allclose(one[1], two[1], rtol=1e-5, atol=1e-6)
 
 
-def test_reconstruct_with_tiles_through_the_public_api(tmp_path, process_cluster):
-    """Scan file -> open_scan -> reconstruct(tiles=...) on the cluster: the probe is searched from
-    a subset of frames, the result has the /reconstructed shape and is close to one tile's."""
+@pytest.fixture(scope="module")
+def scan_and_single(tmp_path_factory):
+    """A scan file, its tree, the probe footprint (um) and the single-process reconstruction."""
     import xmulti
 
-    path = xmulti.simulate_scan(tmp_path / "scan.h5", "tiny", seed=2, scan_shape=(14, 14),
+    path = xmulti.simulate_scan(tmp_path_factory.mktemp("tiles") / "scan.h5", "tiny", seed=2, scan_shape=(14, 14),
                                 cell_thickness_um=4.0, photons_per_frame=1e7)
     tree = xmulti.open_scan(path)
-    single = xmulti.reconstruct(tree, iterations=ITERATIONS)
-    tiled = xmulti.reconstruct(tree, iterations=ITERATIONS, tiles=(2, 2), sync_every=10, client=process_cluster)
-    assert tiled.phase.shape == single.phase.shape and tiled.attrs["tiles"] == [2, 2]
+    # the nominal footprint, as a user gives it: without it the probe search ranks defocus
+    # candidates on a subset of frames, and two of them are within 2 % here (a coin toss that
+    # changes the result by 10 %, in one process or tiled alike)
+    footprint_um = config_for("tiny").probe_diameter_px * tree["ptychography"].attrs["object_pixel_size_m"] * 1e6
+    return tree, footprint_um, xmulti.reconstruct(tree, iterations=ITERATIONS, probe_diameter_um=footprint_um)
+
+
+def _complex(ds):
+    return ds["amplitude"].values * np.exp(1j * ds["phase"].values)
+
+
+@pytest.mark.parametrize("grid, sync_every", [((2, 2), None), ((2, 2), 10), ((3, 3), None), ((3, 3), 10)])
+def test_reconstruct_with_tiles_through_the_public_api(scan_and_single, process_cluster, grid, sync_every):
+    """Scan file -> open_scan -> reconstruct(tiles=...) on the cluster, the same start probe from
+    the data and the nominal footprint in both: stitched phase error <= 1.1x the single reconstruction's on the same data and
+    epochs, and no seams (phase-gradient energy along the core boundaries within 1.2x of the
+    interior's, relative to the same ratio of the single reconstruction)."""
+    import xmulti
+    from xmulti.ptycho.seams import seam_ratio
+
+    tree, footprint_um, single = scan_and_single
+    tiled = xmulti.reconstruct(tree, iterations=ITERATIONS, tiles=grid, sync_every=sync_every,
+                               client=process_cluster, probe_diameter_um=footprint_um)
+    assert tiled.phase.shape == single.phase.shape and tiled.attrs["tiles"] == list(grid)
     np.testing.assert_allclose(tiled["y"], single["y"])
-    truth = tree["truth"].ds["object"]
+    truth = tree["truth"].ds["object"].sel(y=single["y"], x=single["x"], method="nearest").values
+    weight = (single["illumination"] > 0.3).values.astype(float)
+    reference = phase_error(_complex(single), truth, weight)
+    # measured: 1.02 / 1.09 (2x2 independent / sync 10), 1.01 / 1.08 (3x3)
+    assert phase_error(_complex(tiled), truth, weight) <= 1.1 * reference
 
-    def error(ds):
-        true = truth.sel(y=ds["y"], x=ds["x"], method="nearest").values
-        weight = (ds["illumination"] > 0.3).values.astype(float)
-        return phase_error(ds["amplitude"].values * np.exp(1j * ds["phase"].values), true, weight)
-
-    # measured 0.086 tiled vs 0.077 single (probe refined from a guess in both)
-    assert error(tiled) <= 1.25 * error(single)
+    dx_um = float(tiled.attrs["pixel_size_nm"]) * 1e-3
+    positions = np.stack([tiled.position_y.values, tiled.position_x.values], 1)
+    positions_px = (positions - np.asarray(tiled.attrs["origin_um"])) / dx_um
+    halo_px = tiled.attrs["halo_um"] / dx_um
+    tiles = split_tiles(positions_px, tree["ptychography"].ds.sizes["det_x"], weight.shape, grid=grid,
+                        halo_px=halo_px)
+    for band_px in (3.0, halo_px):  # the seam itself, and the whole blend zone
+        # measured 0.84-1.06
+        assert seam_ratio(_complex(tiled), tiles, weight, band_px, reference=_complex(single)) <= 1.2
 
 
 def test_reconstruct_command_with_tiles(tmp_path):

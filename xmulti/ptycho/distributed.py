@@ -30,19 +30,38 @@ from .state import EngineOptions, ReconState
 from .stitch import apply_correction, stitch
 from .tiles import Tile, core_distance_px
 
-__all__ = ["TileRun", "reconstruct_tiles", "shared_probe", "default_halo_px", "probe_radius_px"]
+__all__ = ["TileRun", "ProbeGauge", "reconstruct_tiles", "shared_probe", "default_halo_px", "probe_radius_px"]
 
 
 @dataclass
 class TileRun:
-    """What the client needs from each tile after a round (small arrays only)."""
+    """A tile after a round: its whole engine state (object, probe, positions, momentum, per-frame
+    intensity scales, ...) and its illumination map. The next round starts from this state, so
+    nothing an engine carries from epoch to epoch is lost at a synchronisation, and nothing is
+    kept on a worker outside the task graph."""
 
-    obj: np.ndarray
-    probe: np.ndarray
-    positions_px: np.ndarray
-    errors: list[float]
-    epoch: int
+    state: ReconState
     illumination: np.ndarray
+
+    @property
+    def obj(self) -> np.ndarray:
+        return self.state.obj
+
+    @property
+    def probe(self) -> np.ndarray:
+        return self.state.probe
+
+    @property
+    def positions_px(self) -> np.ndarray:
+        return self.state.positions_px
+
+    @property
+    def errors(self) -> list[float]:
+        return self.state.errors
+
+    @property
+    def velocity(self):
+        return self.state.velocity
 
 
 def _worker_threads() -> int:
@@ -61,27 +80,80 @@ def _prepare_tile_frames(counts: np.ndarray, mask: np.ndarray | None, saturation
 
 
 def _run_tile(frames: Frames, state: ReconState, engine: str, epochs: int, options: EngineOptions) -> TileRun:
-    """Task: ``epochs`` epochs of the engine on one tile."""
-    state = state.copy()
-    run_engine(state, frames, engine, epochs, options, FFT2(np, _worker_threads()))
-    illum = illumination_map(state.probe, state.positions_px, state.obj.shape)
-    return TileRun(state.obj, state.probe, state.positions_px, state.errors, state.epoch, illum)
+    """Task: ``epochs`` epochs of the engine on one tile.
 
-
-def shared_probe(probes: list[np.ndarray], counts: list[int]) -> tuple[np.ndarray, list[complex]]:
-    """One probe from the tiles' probes, and the factor relating each tile's probe to it.
-
-    Tile probes may differ by the complex factor ptychography leaves free (``P a, O / a``):
-    each is referred to the first (``a_t = <P_0, P_t> / <P_0, P_0>``) before the average weighted
-    by the tiles' position counts. A tile keeps its exit waves by taking the shared probe and
-    multiplying its object by ``a_t``.
+    A pure function: the input state is copied (a recomputed task must see the same input), and
+    the momentum is handed back with the result so the next round continues it as one process
+    would (restarting the momentum every round slows the convergence of the low frequencies).
     """
-    reference = probes[0]
-    norm = np.vdot(reference, reference)
-    factors = [complex(np.vdot(reference, p) / norm) for p in probes]
+    velocity = state.velocity
+    state = state.copy()
+    if velocity is not None:
+        state.velocity = (velocity[0].copy(), velocity[1].copy())
+    run_engine(state, frames, engine, epochs, options, FFT2(np, _worker_threads()))
+    return TileRun(state, illumination_map(state.probe, state.positions_px, state.obj.shape))
+
+
+@dataclass(frozen=True)
+class ProbeGauge:
+    """How a tile's probe relates to the shared one: ``P_t(k) = a exp(i g . (k - N//2)) P(k)``.
+
+    Ptychography leaves both free: a complex factor (``P a, O / a``) and a linear phase ramp
+    (``P e^{i g.k}, O e^{-i g.r}``: each exit wave only gains a constant phase). A tile keeps its
+    exit waves when it takes the shared probe and multiplies its object by
+    ``a exp(i g . r)`` (r its object pixel index).
+    """
+
+    factor: complex = 1.0
+    gradient: tuple[float, float] = (0.0, 0.0)
+
+    def probe_ramp(self, n: int) -> np.ndarray:
+        """``a exp(i g . (k - N//2))`` on the (N, N) probe grid."""
+        k = np.arange(n) - n // 2
+        return self.factor * np.exp(1j * (self.gradient[0] * k[:, None] + self.gradient[1] * k[None, :]))
+
+    def object_ramp(self, shape: tuple[int, int]) -> np.ndarray:
+        """``a exp(i g . r)`` on a tile's object grid."""
+        iy, ix = np.arange(shape[0]), np.arange(shape[1])
+        return self.factor * np.exp(1j * (self.gradient[0] * iy[:, None] + self.gradient[1] * ix[None, :]))
+
+
+def _probe_gauge(reference: np.ndarray, probe: np.ndarray) -> ProbeGauge:
+    """Least-squares factor and phase ramp taking ``reference`` to ``probe`` (modes summed)."""
+    product = (probe * np.conj(reference)).sum(axis=0)
+    # wrap-free ramp from neighbouring-pixel phase steps, weighted by the probe's power
+    gy = float(np.angle(np.sum(product[1:] * np.conj(product[:-1]))))
+    gx = float(np.angle(np.sum(product[:, 1:] * np.conj(product[:, :-1]))))
+    ramp = ProbeGauge(1.0, (gy, gx)).probe_ramp(reference.shape[-1])
+    shifted = reference * ramp
+    factor = complex(np.vdot(shifted, probe) / np.vdot(shifted, shifted))
+    return ProbeGauge(factor, (gy, gx))
+
+
+def shared_probe(probes: list[np.ndarray], counts: list[int]) -> tuple[np.ndarray, list[ProbeGauge]]:
+    """One probe from the tiles' probes, and the gauge relating each tile's probe to it.
+
+    Each tile probe is referred to the first one (:class:`ProbeGauge`: complex factor and
+    linear phase ramp, so tiles that converged to different ramps are not blurred by the
+    average), then averaged with weights = the tiles' position counts.
+    """
+    reference = np.asarray(probes[0])
+    n = reference.shape[-1]
+    gauges = [_probe_gauge(reference, np.asarray(p)) for p in probes]
     total = sum(counts)
-    mean = sum(w * p / a for p, a, w in zip(probes, factors, counts, strict=True)) / total
-    return mean.astype(np.complex64), factors
+    mean = sum(w * p / g.probe_ramp(n) for p, g, w in zip(probes, gauges, counts, strict=True)) / total
+    return mean.astype(np.complex64), gauges
+
+
+def _shared_velocity(runs: list[TileRun], gauges: list[ProbeGauge], counts: list[int]) -> np.ndarray | None:
+    """The probe momentum that goes with :func:`shared_probe`: the tiles' probe momenta in the
+    shared gauge, averaged with the same weights."""
+    if any(r.velocity is None for r in runs):
+        return None
+    n = runs[0].probe.shape[-1]
+    total = sum(counts)
+    mean = sum(w * r.velocity[1] / g.probe_ramp(n) for r, g, w in zip(runs, gauges, counts, strict=True)) / total
+    return mean.astype(np.complex64)
 
 
 def _exchange_overlaps(runs: list[TileRun], tiles: list[Tile], halo_px: float, object_shape) -> list[np.ndarray]:
@@ -118,6 +190,7 @@ def reconstruct_tiles(
     clip_negative: bool = False,
     client=None,
     progress: Callable[[int, int, float], None] | None = None,
+    probe_support: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], np.ndarray]:
     """Reconstruct tile by tile on a Dask cluster and stitch.
 
@@ -144,6 +217,10 @@ def reconstruct_tiles(
         Where the tiles run.
     progress : callable, optional
         ``progress(epoch, iterations, error)`` after each round.
+    probe_support : ndarray (N, N) bool, optional
+        Where the probe's spectrum may be nonzero (unshifted layout,
+        :func:`xmulti.ptycho.probe.fourier_support` of the mean pattern), as in the
+        single-process reconstruction.
 
     Returns
     -------
@@ -174,7 +251,7 @@ def reconstruct_tiles(
     states = []
     for tile in tiles:
         local = positions_px[tile.members] - np.asarray(tile.offset)
-        states.append(ReconState(np.ones(tile.shape, np.complex64), probe.copy(), local))
+        states.append(ReconState(np.ones(tile.shape, np.complex64), probe.copy(), local, probe_support=probe_support))
     step = iterations if sync_every is None else sync_every
     errors: list[float] = []
     done = 0
@@ -196,11 +273,17 @@ def reconstruct_tiles(
         if done >= iterations:
             break
         objects = _exchange_overlaps(runs, tiles, halo_px, object_shape)
-        probe, factors = shared_probe([r.probe for r in runs], weights)
-        states = [
-            ReconState(obj * np.complex64(a), probe.copy(), r.positions_px.copy(), list(r.errors), r.epoch)
-            for obj, a, r in zip(objects, factors, runs, strict=True)
-        ]
+        probe, gauges = shared_probe([r.probe for r in runs], weights)
+        probe_velocity = _shared_velocity(runs, gauges, weights)
+        states = []
+        for obj, gauge, r in zip(objects, gauges, runs, strict=True):
+            # the tile's object and momenta take the gauge its probe gives up (exit waves kept)
+            ramp = gauge.object_ramp(obj.shape).astype(np.complex64)
+            velocity = None
+            if r.velocity is not None and probe_velocity is not None:
+                velocity = ((r.velocity[0] * ramp).astype(np.complex64), probe_velocity.copy())
+            states.append(replace(r.state, obj=(obj * ramp).astype(np.complex64), probe=probe.copy(),
+                                  velocity=velocity))
     obj, _, weight = stitch([r.obj for r in runs], tiles, [r.illumination for r in runs], halo_px, object_shape)
     probe, _ = shared_probe([r.probe for r in runs], [len(t.members) for t in tiles])
     corrected = np.array(positions_px, dtype=np.float64, copy=True)

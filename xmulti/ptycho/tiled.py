@@ -1,9 +1,11 @@
 """Labelled operation for tile-parallel reconstruction: ``reconstruct(scan, tiles=(2, 2), ...)``.
 
-Sets up the global object grid and the starting probe without loading the frames on the client:
-the mean pattern and photon count are Dask reductions on the workers, and the probe search (when
-no probe is given) looks at the frames of at most 64 positions near the scan centre. The tiles
-then run on the cluster (:func:`xmulti.ptycho.distributed.reconstruct_tiles`).
+Sets up the global object grid, the starting probe and the probe's Fourier support as the
+single-process :func:`xmulti.ptycho.reconstruct.reconstruct` does, but without loading the frames
+on the client: the photon counts, the mean pattern and the per-frame contrast are Dask reductions
+on the workers, and the probe search (when no probe is given) looks at the frames of at most 64
+positions around the most strongly scattering one. The tiles then run on the cluster
+(:func:`xmulti.ptycho.distributed.reconstruct_tiles`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,32 @@ import numpy as np
 from ..errors import InvalidInputError
 from .data import prepare_frames
 from .distributed import default_halo_px, reconstruct_tiles
-from .probe import add_modes, fit_probe_to_frame, scale_probe_power
-from .probe_search import search_probe
+from .probe import (
+    add_modes,
+    fit_probe_to_frame,
+    fourier_support,
+    pupil_from_data,
+    scale_probe_power,
+)
+from .probe_search import defocused_pupil_probe, search_probe
 from .state import EngineOptions
 from .tiles import split_tiles
 
 __all__ = ["reconstruct_tiled"]
 
 _SEARCH_POSITIONS = 64
+
+
+def _valid_counts(diffraction, mask: np.ndarray | None, saturation: float | None):
+    """Lazy float32 counts with the pixels the engines ignore (masked, saturated, negative) at 0."""
+    import dask.array as da
+
+    counts = da.clip(diffraction.astype(np.float32), 0, None)
+    if mask is not None:
+        counts = da.where(np.asarray(mask, bool)[None], np.float32(0), counts)
+    if saturation is not None:
+        counts = da.where(diffraction >= saturation, np.float32(0), counts)
+    return counts
 
 
 def reconstruct_tiled(
@@ -45,6 +65,7 @@ def reconstruct_tiled(
     options: EngineOptions | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     method: str = "grid",
+    probe_support: bool = True,
 ):
     """Tile-parallel reconstruction of a ``/ptychography`` Dataset (see
     :func:`xmulti.ptycho.reconstruct.reconstruct` for the parameters it shares).
@@ -59,6 +80,11 @@ def reconstruct_tiled(
         Epochs between probe/overlap synchronisation; None runs the tiles independently.
     client : dask.distributed.Client, optional
         Default: a local process cluster sized to the machine, for the duration of the call.
+    method : {"grid", "kmeans"}
+        Tiling (:func:`xmulti.ptycho.tiles.split_tiles`).
+    probe_support : bool
+        Confine the probe's spectrum to the aperture of the mean pattern, as the single-process
+        reconstruction does.
     """
     import dask.array as da
 
@@ -79,26 +105,39 @@ def reconstruct_tiled(
 
     owned = client is None
     with dask_client() if owned else contextlib.nullcontext(client) as active:
-        counts = diffraction.astype(np.float32)
-        if mask is not None:
-            counts = da.where(mask[None], np.float32(0), counts)
-        totals = counts.sum(axis=(1, 2))
-        totals = active.compute(totals).result()
-        if not np.any(totals > 0):
+        counts = _valid_counts(diffraction, mask, saturation)
+        # one pass on the workers: per-frame totals and the summed pattern (all-zero frames add
+        # nothing, so the sum over the usable count is the single-process mean pattern)
+        totals, pattern_sum = active.compute([counts.sum(axis=(1, 2)), counts.sum(axis=0)], sync=True)
+        usable = totals > 0
+        if not np.any(usable):
             raise InvalidInputError("no usable diffraction frame: every frame is all zero (or fully masked)")
-        mean_counts = float(totals[totals > 0].mean())
+        mean_counts = float(totals[usable].mean())
+        mean_pattern = pattern_sum / usable.sum()
+        support = fourier_support(mean_pattern) if probe_support else None
         if probe is not None:
             start = scale_probe_power(fit_probe_to_frame(probe, n), mean_counts)
         else:
-            centre = np.argsort(np.linalg.norm(positions_um - positions_um.mean(axis=0), axis=1))
-            subset = np.sort(centre[:_SEARCH_POSITIONS])
-            local = active.compute(diffraction[subset]).result()
+            # as search_probe does on all frames: trial around the most strongly scattering
+            # position; only those frames come to the client
+            mean_amp = np.sqrt(np.clip(mean_pattern, 0, None)).astype(np.float32)
+            contrast = active.compute(abs(da.sqrt(counts) - mean_amp[None]).sum(axis=(1, 2)), sync=True)
+            # the same positions search_probe would take from all frames (same ordering of ties)
+            kept = np.flatnonzero(usable)
+            centre = positions_px[kept[int(np.argmax(contrast[kept]))]]
+            subset = np.sort(kept[np.argsort(np.hypot(*(positions_px[kept] - centre).T))[:_SEARCH_POSITIONS]])
+            local = active.compute(diffraction[subset], sync=True)
             frames = prepare_frames(local, mask, saturation, clip_negative)
             diameters = None
             if probe_diameter_um is not None:
+                if not probe_diameter_um > 0:
+                    raise InvalidInputError(f"probe_diameter_um must be positive, got {probe_diameter_um}")
                 d = probe_diameter_um / dx_um
                 diameters = (d, -d)
-            start, _ = search_probe(frames, positions_px[subset], shape, diameters)
+            _, diameter = search_probe(frames, positions_px[subset], shape, diameters)
+            # the start itself from the pupil of *all* frames, as in one process (the subset's
+            # mean pattern carries its own scattering: a start that differs slows convergence)
+            start = defocused_pupil_probe(pupil_from_data(mean_pattern), diameter)[None]
             start = scale_probe_power(start, mean_counts)
         start = add_modes(start, probe_modes).astype(np.complex64)
         halo_px = default_halo_px(positions_px, start) if halo_um is None else float(halo_um) / dx_um
@@ -107,7 +146,7 @@ def reconstruct_tiled(
         obj, probe_out, corrected, errors, _ = reconstruct_tiles(
             diffraction, positions_px, shape, start, tile_list, halo_px, engine=engine, iterations=iterations,
             sync_every=sync_every, options=opts, mask=mask, saturation=saturation,
-            clip_negative=clip_negative, client=active, progress=progress,
+            clip_negative=clip_negative, client=active, progress=progress, probe_support=support,
         )
     return result_dataset(
         obj, probe_out, corrected, errors, origin, dx_um, positions_um,
