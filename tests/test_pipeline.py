@@ -61,11 +61,19 @@ def test_run_writes_every_group_with_units_and_provenance(reference_store, scan_
     assert "fit-xrf" in result.stdout and "reconstruct" in result.stdout and "total" in result.stdout
 
 
-def test_rerun_skips_finished_stages_and_force_redoes(reference_store, scan_file):
+def test_rerun_skips_finished_stages_and_force_redoes(reference_store, scan_file, tmp_path):
     store, _ = reference_store
-    again = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 60, "--workers", 1)
+    figures = tmp_path / "figures"
+    again = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 60, "--workers", 1,
+                   "--figures", figures)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped (up to date)") == 3  # fit-xrf, reconstruct, correlate
+    # figures from the finished store: both default overlays and the per-cell table, nothing half-written
+    names = sorted(p.name for p in figures.iterdir())
+    assert names == ["overlay_Fe_Zn.png", "overlay_P_S_K.png", "regions.csv"]
+    assert (figures / "overlay_Fe_Zn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (figures / "regions.csv").read_text().splitlines()
+    assert "label" in table[0] and len(table) >= 2
     changed = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 60,
                      "--workers", 1, "--stages", "fit-xrf", "--force")
     assert "skipped" not in changed.stdout and changed.returncode == 0

@@ -30,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cluster import dask_client
     from ..errors import InvalidInputError
+    from ..figures import write_figures
     from ..options import PipelineOptions
     from ..pipeline import check_output_path, run_pipeline, summary_table
     from ..simulate import simulate_scan
     from ..stages import load_phase_and_maps, mask_unilluminated
-    from ..viz import overlay_figure, save_figure
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -53,19 +53,13 @@ def run(args: argparse.Namespace) -> int:
         log(f"dask: local cluster of {len(client.scheduler_info()['workers'])} worker processes")
         reports = run_pipeline(scan, store, options, client=client, log=log)
 
+    write_figures(store, out)
     phase, maps, recon = load_phase_and_maps(store)
     phase = mask_unilluminated(phase, recon, 0.05)
-    figures = {
-        "overlay_Fe_Zn.png": ("Fe", "Zn"),
-        "overlay_P_S_K.png": ("P", "S", "K"),
-    }
-    for name, elements in figures.items():
-        save_figure(overlay_figure(phase, maps, list(elements)), out / name)
     import xarray as xr
 
     tree = xr.open_datatree(store, engine="zarr")
     regions = tree["correlation/regions"].to_dataset()
-    regions.to_dataframe().to_csv(out / "regions.csv", float_format="%.6g")
     print(summary_table(reports))
     print(f"\nresults store: {store}  (xr.open_datatree({str(store)!r}, engine='zarr'))")
     print(f"  /xrf/elemental_maps: {', '.join(map(str, maps.data_vars))} on a {maps.sizes['y']} x "

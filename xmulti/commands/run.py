@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     parser.add_argument("--force", action="store_true", help="redo stages that are up to date")
     parser.add_argument("--write-hdf5", action="store_true",
                         help="also write maps and reconstruction into the scan file (raw data untouched)")
+    parser.add_argument("--figures", metavar="DIR",
+                        help="also write overlay PNGs (Fe+Zn, P+S+K over the phase) and regions.csv to DIR")
     add_cluster_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -79,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
 
         written = write_results_to_scan(args.scan, store)
         log(f"wrote {', '.join(written)} into {args.scan}")
+    if args.figures:
+        from ..figures import write_figures
+
+        needed = [g for g in ("xrf/elemental_maps", "reconstructed") if not (store / g / "zarr.json").is_file()]
+        if needed:
+            log(f"figures: skipped (the store has no /{', /'.join(needed)})")
+        else:
+            written = write_figures(store, args.figures)
+            log(f"figures: {', '.join(str(p) for p in written.values())}")
     print(summary_table(reports))
     print(f"results: {store}  (open with xr.open_datatree({str(store)!r}, engine='zarr'))")
     return 0
