@@ -13,7 +13,7 @@ import pytest
 from xmulti.errors import InvalidInputError
 from xmulti.metrics import illumination_weight, phase_error
 from xmulti.ptycho import EngineOptions, ReconState, far_field, prepare_frames, run_engine
-from xmulti.ptycho.probe import add_modes, orthogonalize_modes, scale_probe_power
+from xmulti.ptycho.probe import add_modes, fourier_support, orthogonalize_modes, scale_probe_power
 from xmulti.ptycho.reconstruct import illumination_map
 from xmulti.simulate.optics import make_problem, zone_plate_probe
 
@@ -30,8 +30,9 @@ def plain_probe(n: int, diameter_px: float) -> np.ndarray:
     return zone_plate_probe(n, diameter_px, 1.0, stop_fraction=0.4, astigmatism=0.0).astype(np.complex64)
 
 
-def solve(frames, probe, positions, shape, engine="rpie", iterations=60, **kw):
-    state = ReconState(np.ones(shape, np.complex64), np.array(probe, np.complex64), positions.copy())
+def solve(frames, probe, positions, shape, engine="rpie", iterations=60, support=None, **kw):
+    state = ReconState(np.ones(shape, np.complex64), np.array(probe, np.complex64), positions.copy(),
+                       probe_support=support)
     return run_engine(state, frames, engine, iterations, EngineOptions(**kw))
 
 
@@ -62,11 +63,16 @@ def test_probe_refined_from_rough_guess(problem, engine, jitter_px):
     frames = prepare_frames(p.frames)
     # footprint 25 % too large, no astigmatism knowledge: a rough guess
     guess = scale_probe_power(plain_probe(32, 20)[None], frames.mean_counts)
+    # the aperture seen in the mean pattern confines the probe's spectrum, as in reconstruct():
+    # without it, a free probe on this near-perfect raster drifted (errors 0.04-0.065 from
+    # float-rounding-level changes of the data)
+    support = fourier_support(p.frames.mean(axis=0))  # counts: zero frequency at the centre
     fixed = solve(frames, guess, p.positions_px, p.obj.shape, engine, 100, update_probe=False)
-    refined = solve(frames, guess, p.positions_px, p.obj.shape, engine, 100)
+    refined = solve(frames, guess, p.positions_px, p.obj.shape, engine, 100, support)
     err_fixed = phase_error(fixed.obj, p.obj, w)
     err = phase_error(refined.obj, p.obj, w)
-    assert err < 0.07
+    print(engine, jitter_px, "refined", err, "fixed", err_fixed)
+    assert err < {"lsqml": 0.035, "rpie": 0.065}[engine]  # measured 0.021-0.027, 0.032-0.051
     assert err < 0.6 * err_fixed
     # the refined probe approaches the truth (up to a phase factor)
     pr = refined.probe[0]

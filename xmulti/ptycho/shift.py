@@ -67,17 +67,23 @@ def shifted_probes(probe_spectrum: Any, frac: np.ndarray, fft: FFT2) -> Any:
     array (B, K, N, N) complex64
     """
     ramps = shift_ramps(frac, probe_spectrum.shape[-2:], fft.xp)
-    out = probe_spectrum[None, :, :, :] * ramps[:, None, :, :]
+    if probe_spectrum.shape[0] == 1:
+        ramps *= probe_spectrum[0]  # in place: one pass less than a new product
+        out = ramps[:, None]
+    else:
+        out = probe_spectrum[None, :, :, :] * ramps[:, None, :, :]
     return fft.inverse(out)
 
 
-def unshift_sum(images: Any, frac: np.ndarray, fft: FFT2) -> Any:
+def unshift_sum(images: Any, frac: np.ndarray, fft: FFT2, overwrite: bool = False) -> Any:
     """``sum_b shift(images[b], -frac[b])`` for images (B, K, N, N): returns (K, N, N).
 
     Used to bring per-position probe gradients, computed in each window's (shifted) frame, back
     to the probe's frame; the sum is done in Fourier space so only one inverse FFT is paid.
+    With ``overwrite`` the FFT works in ``images``' memory (a temporary of the caller).
     """
-    ramps = shift_ramps(frac, images.shape[-2:], fft.xp)
-    spec = fft.forward(images.copy())
-    spec *= fft.xp.conj(ramps)[:, None, :, :]
+    # the ramps of -frac are the conjugates of those of +frac: built directly, no extra pass
+    ramps = shift_ramps(-np.asarray(frac), images.shape[-2:], fft.xp)
+    spec = fft.forward(images if overwrite else images.copy())
+    spec *= ramps[:, None, :, :]
     return fft.inverse(spec.sum(axis=0))

@@ -97,6 +97,6 @@ def probe_sums(work: BatchWork, fft: FFT2) -> tuple[Any, Any]:
         else:
             num = (conj_patches[:, None] * chi).sum(axis=0)
     else:
-        num = unshift_sum(conj_patches[:, None] * chi, work.frac, fft)
+        num = unshift_sum(conj_patches[:, None] * chi, work.frac, fft, overwrite=True)
     den = power(work.patches, axis=0)
     return num, den
