@@ -65,6 +65,20 @@ def test_result_does_not_depend_on_the_number_of_workers(problem, process_cluste
     np.testing.assert_allclose(one[1], two[1], rtol=1e-5, atol=1e-6)
 
 
+def test_frames_resident_or_streamed_give_the_same_result(problem, process_cluster):
+    """Frames kept on the workers for all rounds, or read again by each round's task (memory
+    bounded by the running tiles): the same numbers."""
+    scan, positions, probe, shape, _ = problem
+    n = scan.config.frame_size
+    halo = default_halo_px(positions, probe)
+    tiles = split_tiles(positions, n, shape, grid=(2, 2), halo_px=halo)
+    frames = da.from_array(scan.diffraction, chunks=(50, n, n))
+    runs = [reconstruct_tiles(frames, positions, shape, probe, tiles, halo, iterations=6, sync_every=3,
+                              client=process_cluster, resident_frames=resident) for resident in (True, False)]
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[0][3], runs[1][3], rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def scan_and_single(tmp_path_factory):
     """A scan file, its tree, the probe footprint (um) and the single-process reconstruction."""

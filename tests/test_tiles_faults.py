@@ -22,7 +22,7 @@ ITERATIONS = 12
 SYNC = 4
 
 
-def _run(client, scan, result: dict) -> None:
+def _run(client, scan, result: dict, resident: bool) -> None:
     positions = scan.fractional_positions(scan.positions_um)
     probe = scan.probe[None].astype(np.complex64)
     n = scan.config.frame_size
@@ -32,7 +32,8 @@ def _run(client, scan, result: dict) -> None:
     frames = da.from_array(scan.diffraction, chunks=(40, n, n))
     result["out"] = reconstruct_tiles(frames, positions, scan.object.shape, probe, tiles, halo,
                                       iterations=ITERATIONS, sync_every=SYNC,
-                                      options=EngineOptions(probe_update_start=1), client=client)
+                                      options=EngineOptions(probe_update_start=1), client=client,
+                                      resident_frames=resident)
 
 
 def _tile_worker(client, timeout: float = 60.0) -> str:
@@ -46,16 +47,19 @@ def _tile_worker(client, timeout: float = 60.0) -> str:
     raise AssertionError("no tile task seen running")
 
 
-def test_a_killed_worker_does_not_change_the_result():
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_killed_worker_does_not_change_the_result(resident):
+    """Resident: the frames the dead worker held are recomputed from the lazy scan's graph;
+    streamed: the tile's task reads them again."""
     from dask.distributed import Client, LocalCluster
 
     scan = make_scan("tiny", seed=5, scan_shape=(12, 12), photons_per_frame=1e6)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=50) as cluster, Client(cluster) as client:
         clean: dict = {}
-        _run(client, scan, clean)
+        _run(client, scan, clean, resident)
         faulty: dict = {}
-        runner = threading.Thread(target=_run, args=(client, scan, faulty))
+        runner = threading.Thread(target=_run, args=(client, scan, faulty, resident))
         runner.start()
         victim = _tile_worker(client)
         pid = client.run(os.getpid, workers=[victim])[victim]

@@ -2,8 +2,9 @@
 
 The scan positions are split into tiles with a halo (:mod:`xmulti.ptycho.tiles`). Each tile is
 Dask work on any worker: a task reads only that tile's frames from the lazy scan (the graph holds
-the file path, not data) and keeps them on the worker as prepared amplitudes; further tasks run
-the engine on the tile for ``sync_every`` epochs at a time. Between rounds the client gathers the
+the file path, not data) and either keeps them on the worker as prepared amplitudes (resident) or
+reads them again in each round's task (streamed: a worker then holds only the tiles it is
+running); the tasks run the engine on the tile for ``sync_every`` epochs at a time. Between rounds the client gathers the
 tiles' (small) objects and probes: the tiles agree on one probe (the members-weighted average of
 the phase-aligned tile probes) and take their halo regions from the blended object, so neighbours
 converge together. ``sync_every=None`` runs the tiles independently to the end. Finally the tiles
@@ -79,13 +80,31 @@ def _prepare_tile_frames(counts: np.ndarray, mask: np.ndarray | None, saturation
     return prepare_frames(counts, mask, saturation, clip_negative)
 
 
-def _run_tile(frames: Frames, state: ReconState, engine: str, epochs: int, options: EngineOptions) -> TileRun:
+@dataclass
+class _LazyFrames:
+    """A tile's frames still on disk: its (culled, path-based) slice of the lazy scan and how to
+    prepare them. Read inside the task that needs them, so a worker holds them only while it
+    runs that tile."""
+
+    counts: object  # dask.array.Array (M_t, N, N)
+    mask: np.ndarray | None
+    saturation: float | None
+    clip_negative: bool
+
+    def load(self) -> Frames:
+        counts = np.asarray(self.counts.compute(scheduler="sync"))
+        return prepare_frames(counts, self.mask, self.saturation, self.clip_negative)
+
+
+def _run_tile(frames: Frames | _LazyFrames, state: ReconState, engine: str, epochs: int, options: EngineOptions) -> TileRun:
     """Task: ``epochs`` epochs of the engine on one tile.
 
     A pure function: the input state is copied (a recomputed task must see the same input), and
     the momentum is handed back with the result so the next round continues it as one process
     would (restarting the momentum every round slows the convergence of the low frequencies).
     """
+    if isinstance(frames, _LazyFrames):
+        frames = frames.load()
     velocity = state.velocity
     state = state.copy()
     if velocity is not None:
@@ -191,6 +210,7 @@ def reconstruct_tiles(
     client=None,
     progress: Callable[[int, int, float], None] | None = None,
     probe_support: np.ndarray | None = None,
+    resident_frames: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], np.ndarray]:
     """Reconstruct tile by tile on a Dask cluster and stitch.
 
@@ -221,6 +241,12 @@ def reconstruct_tiles(
         Where the probe's spectrum may be nonzero (unshifted layout,
         :func:`xmulti.ptycho.probe.fourier_support` of the mean pattern), as in the
         single-process reconstruction.
+    resident_frames : bool, optional
+        True: each tile's prepared frames are read once and stay in a worker's memory for all
+        rounds (a worker holds the frames of every tile it is given). False: each round's task
+        reads its tile's frames from the lazy array and drops them when done (a worker holds
+        only the tiles it is running, one per thread; the scan is re-read once per round).
+        Default: resident when there are no more tiles than worker threads.
 
     Returns
     -------
@@ -233,6 +259,7 @@ def reconstruct_tiles(
     weight : ndarray (object_shape)
         Total blending weight (where the image is constrained).
     """
+    import dask
     import dask.array as da
 
     if client is None:
@@ -242,11 +269,18 @@ def reconstruct_tiles(
     opts = options or EngineOptions()
     diffraction = da.asarray(diffraction)
     mask_future = client.scatter(mask, broadcast=True) if mask is not None else None
+    if resident_frames is None:
+        threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        resident_frames = len(tiles) <= max(threads, 1)
     frames = []
     for tile in tiles:
-        counts = diffraction[np.asarray(tile.members)]
-        frames.append(client.submit(_prepare_tile_frames, client.compute(counts), mask_future,
-                                    saturation, clip_negative, pure=True))
+        (counts,) = dask.optimize(diffraction[np.asarray(tile.members)])  # culled: this tile's chunks only
+        if resident_frames:
+            frames.append(client.submit(_prepare_tile_frames, client.compute(counts), mask_future,
+                                        saturation, clip_negative, pure=True))
+        else:
+            # a small task argument (file path and chunk indices), never a worker-held result
+            frames.append(_LazyFrames(counts, mask, saturation, clip_negative))
     probe = np.asarray(initial_probe, np.complex64)
     states = []
     for tile in tiles:
