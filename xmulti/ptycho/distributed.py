@@ -28,8 +28,8 @@ from .engine import run_engine
 from .fft import FFT2
 from .reconstruct import illumination_map
 from .state import EngineOptions, ReconState
-from .stitch import apply_correction, stitch
-from .tiles import Tile, core_distance_px
+from .stitch import apply_correction, core_distance_map, stitch
+from .tiles import Tile
 
 __all__ = ["TileRun", "ProbeGauge", "reconstruct_tiles", "shared_probe", "default_halo_px", "probe_radius_px"]
 
@@ -186,8 +186,7 @@ def _exchange_overlaps(runs: list[TileRun], tiles: list[Tile], halo_px: float, o
         inverse = replace(correction, theta=-correction.theta, log_scale=-correction.log_scale,
                           gradient=(-correction.gradient[0], -correction.gradient[1]))
         theirs = apply_correction(blended[region], tile, inverse)
-        coords = np.stack(np.indices(tile.shape), axis=-1) + np.asarray(tile.offset)
-        keep = np.clip(1.0 - core_distance_px(tile, coords) / max(halo_px, 1e-9), 0.0, 1.0)
+        keep = np.clip(1.0 - core_distance_map(tile) / max(halo_px, 1e-9), 0.0, 1.0)
         out.append((keep * run.obj + (1.0 - keep) * theirs).astype(np.complex64))
     return out
 

@@ -66,6 +66,7 @@ def reconstruct_tiled(
     progress: Callable[[int, int, float], None] | None = None,
     method: str = "grid",
     probe_support: bool = True,
+    resident_frames: bool | None = None,
 ):
     """Tile-parallel reconstruction of a ``/ptychography`` Dataset (see
     :func:`xmulti.ptycho.reconstruct.reconstruct` for the parameters it shares).
@@ -85,6 +86,8 @@ def reconstruct_tiled(
     probe_support : bool
         Confine the probe's spectrum to the aperture of the mean pattern, as the single-process
         reconstruction does.
+    resident_frames : bool, optional
+        As :func:`xmulti.ptycho.distributed.reconstruct_tiles`.
     """
     import dask.array as da
 
@@ -147,6 +150,7 @@ def reconstruct_tiled(
             diffraction, positions_px, shape, start, tile_list, halo_px, engine=engine, iterations=iterations,
             sync_every=sync_every, options=opts, mask=mask, saturation=saturation,
             clip_negative=clip_negative, client=active, progress=progress, probe_support=support,
+            resident_frames=resident_frames,
         )
     return result_dataset(
         obj, probe_out, corrected, errors, origin, dx_um, positions_um,
