@@ -10,10 +10,10 @@ maximum-likelihood ptychography", Opt. Express 26, 3108 (2018). Per mini-batch:
        dO = sum_j conj(P_j) chi_j / (sum_j |P_j|^2 + delta_O)
        dP = sum_j conj(O_j) chi_j / (sum_j |O_j|^2 + delta_P)
 
-3. per position (on up to 64 positions spread over the batch), the step lengths ``(a_O, a_P)``
-   minimising
+3. on up to 64 positions spread over the batch, the step lengths ``(a_O, a_P)`` minimising
    ``|| chi_j - a_O dO_j P_j - a_P O_j dP ||^2`` (a 2x2 least-squares system, their Eq. 22);
-4. object and probe move by the batch-mean steps along their directions.
+4. object and probe move along their directions by the steps that minimise that sum over the
+   sampled positions (one pooled 2x2 system).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def real_dot(a: Any, b: Any, xp: Any = np) -> Any:
 
 
 def optimal_steps(
-    chi: Any, d_obj: Any, d_probe: Any | None, xp: Any = np
+    chi: Any, d_obj: Any, d_probe: Any | None, xp: Any = np, pooled: bool = False
 ) -> tuple[Any, Any | None]:
     """Per-position least-squares steps for the object (and probe) directions.
 
@@ -61,18 +61,27 @@ def optimal_steps(
     d_probe : array (B, K, N, N) or None
         ``O_j dP``, the exit-wave change per unit probe step (None: object only).
 
+    pooled : bool
+        One pair of steps for all the positions: the sums of their normal equations (what a
+        step shared by every position should minimise).
+
     Returns
     -------
-    a_obj, a_probe : arrays (B,) float64 (``a_probe`` None when ``d_probe`` is None)
+    a_obj, a_probe : arrays (B,) float64, (1,) when pooled (``a_probe`` None when
+        ``d_probe`` is None)
     """
     a11 = real_dot(d_obj, d_obj, xp)
     b1 = real_dot(d_obj, chi, xp)
+    if pooled:
+        a11, b1 = a11.sum(keepdims=True), b1.sum(keepdims=True)
     tiny = 1e-12 * (float(a11.max()) + 1e-30)
     if d_probe is None:
         return b1 / (a11 + tiny), None
     a22 = real_dot(d_probe, d_probe, xp)
     a12 = real_dot(d_obj, d_probe, xp)
     b2 = real_dot(d_probe, chi, xp)
+    if pooled:
+        a22, a12, b2 = (v.sum(keepdims=True) for v in (a22, a12, b2))
     # small Tikhonov term keeps the 2x2 solve stable when the directions are nearly parallel
     a11 = a11 + tiny + 1e-3 * a11
     a22 = a22 + tiny + 1e-3 * a22
@@ -139,11 +148,13 @@ class LsqmlAccumulator:
             else:
                 frac = np.concatenate([s[4] for s in self.samples])
                 odp = patches[:, None] * shifted_probes(fft.forward(d_probe.copy()), frac, fft)
-            a_obj, a_probe = optimal_steps(chi, dop, odp, xp)
+            a_obj, a_probe = optimal_steps(chi, dop, odp, xp, pooled=True)
         else:
-            a_obj, a_probe = optimal_steps(chi, dop, None, xp)
-        # batch-mean steps, kept in a sane range: the directions are already normalised so
-        # that a step of 1 is a full projection where the illumination is strong
+            a_obj, a_probe = optimal_steps(chi, dop, None, xp, pooled=True)
+        # one step per direction, least squares over the sampled positions (the mean of
+        # per-position steps, ratios of small noisy numbers near convergence, went negative
+        # and stalled the object at 1.3x the noise floor), kept in a sane range: the directions
+        # are normalised so that a step of 1 is a full projection where illumination is strong
         step_o = np.float32(opts.relax * np.clip(float(a_obj.mean()), 0.0, 2.0))
         state.obj += step_o * d_obj
         if self.update_probe:
