@@ -123,6 +123,9 @@ def test_fit_xrf_maps_in_counts_per_i0(scene):
         attrs={"incident_energy_keV": 10.0, "scan_shape": list(scan.config.scan_shape)},
     )
     maps = fit_xrf(ds, list(scan.elements)).compute()
+    from xmulti.joint.bridge import element_names
+
+    assert element_names(maps) == list(scan.elements)  # not the _nonneg / _sigma companions
     out = bridge_resolution(maps, recon, positions_um=scan.positions_um, elements=["S"])
     assert out["S"].attrs["units"] == maps["S"].attrs["units"]
     # sigma^2 / value of a map in counts per i0 is about 1 / i0 (plus the fit's background)

@@ -21,6 +21,8 @@ _LAZY = {
     "richardson_lucy": "bridge",
     "guided_solve": "bridge",
     "bridge_resolution": "bridge",
+    "element_names": "bridge",
+    "phase_guide": "bridge",
 }
 
 __all__ = sorted(_LAZY)

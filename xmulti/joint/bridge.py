@@ -61,6 +61,7 @@ __all__ = [
     "richardson_lucy",
     "guided_solve",
     "interpolate_map",
+    "element_names",
     "bridge_resolution",
 ]
 
@@ -301,7 +302,7 @@ def guided_solve(
     c0=None,
     gamma: float = 0.95,
     weight: float | None = None,
-    max_iter: int = 200,
+    max_iter: int = 500,
     max_weights: int = 14,
     guide: Guide | None = None,
 ) -> SolveResult:
@@ -349,6 +350,13 @@ def guided_solve(
     total_it = 0
     accepted = None
     previous = None
+    # a start that already meets the target is too light: go up until it does not (few steps)
+    for _ in range(4):
+        c, it, fval = _lbfgsb(op, b, c, w, guide, gamma, max_iter, tiny)
+        total_it += it
+        if poisson_deviance(b, op.forward(c) + tiny) > target:
+            break  # the ladder below starts here, warm (its first solve is already converged)
+        w *= 4.0
     for _ in range(max_weights):
         c, it, fval = _lbfgsb(op, b, c, w, guide, gamma, max_iter, tiny)
         total_it += it
@@ -401,11 +409,12 @@ def interpolate_map(maps, phase, elements=None):
 
 
 def element_names(maps) -> list[str]:
-    """Names of the element maps of a Dataset: ``component == "element"`` (fit_xrf), else
-    variables named by an element symbol."""
+    """Names of the element maps of a Dataset: variables whose ``element`` attribute is their
+    name (fit_xrf), else variables named by an element symbol."""
     from ..physics import atomic_number
 
-    names = [str(k) for k, v in maps.data_vars.items() if v.attrs.get("component") == "element"]
+    # fit_xrf marks <El>, <El>_nonneg and <El>_sigma with component "element"; only <El> is named by it
+    names = [str(k) for k, v in maps.data_vars.items() if v.attrs.get("element") == str(k)]
     if names:
         return names
     out = []
@@ -478,7 +487,7 @@ def bridge_resolution(
     *,
     gamma: float = 0.95,
     weight: float | None = None,
-    max_iter: int = 200,
+    max_iter: int = 500,
     max_rl_iter: int = 500,
 ):
     """Element maps at the ptychographic pixel, from XRF maps and a reconstruction.
