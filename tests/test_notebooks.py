@@ -40,7 +40,8 @@ def kernel_name(tmp_path_factory):
 
 
 def test_notebooks_are_found():
-    assert {"01_quickstart.ipynb", "02_correlative_analysis.ipynb", "03_scaling_out.ipynb"} <= set(NAMES)
+    assert {"01_quickstart.ipynb", "02_correlative_analysis.ipynb", "03_scaling_out.ipynb",
+            "04_real_data.ipynb"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
