@@ -242,7 +242,7 @@ def joint_reconstruct(
     matrix: Any = "protein",
     ice_thickness_um: float = 0.0,
     noise: str = "gaussian",
-    smoothing: float = 1.0,
+    smoothing: float = 2.0,
     edge_um: float | None = None,
     element_phase: bool = False,
     level: bool = True,
@@ -286,7 +286,8 @@ def joint_reconstruct(
         Likelihood of the diffraction data.
     smoothing : float
         Weight of the edge-weighted smoothness of the element maps, relative to the XRF data
-        curvature; 0 turns it off.
+        curvature and to the footprint area (``mu = smoothing * median data curvature *
+        (footprint radius / 10 px)^2``; default 2, chosen on simulated cells); 0 turns it off.
     edge_um : float, optional
         Thickness step (um) at which a pair of pixels counts as an edge; default 5 % of the
         thickest part.
@@ -339,7 +340,7 @@ def build_problem(
     matrix: Any = "protein",
     ice_thickness_um: float = 0.0,
     noise: str = "gaussian",
-    smoothing: float = 1.0,
+    smoothing: float = 2.0,
     edge_um: float | None = None,
     element_phase: bool = False,
     level: bool = True,
@@ -461,9 +462,15 @@ def build_problem(
         d_t = 2.0 * k_um**2 * abs(omodel.matrix_index) ** 2 * illum_curv
         problem.background_weight = float(np.median(d_t[region]))
     if smoothing > 0:
+        from ..footprint import footprint_radius_um, probe_intensity
+
         covered = xrf_curv.reshape(len(elements), -1)
         scale = [float(np.median(row[row > 0.05 * row.max()])) if row.max() > 0 else 0.0 for row in covered]
-        problem.smooth_scale = float(smoothing) * np.asarray(scale)
+        # a pixel-scale difference penalty acts on a feature of L pixels as mu / L^2, and the
+        # data resolve features of about the footprint radius: scaling mu by radius^2 makes
+        # ``smoothing`` mean the same at any sampling (radius in pixels, 95 % of the intensity)
+        radius_px = footprint_radius_um(probe_intensity(probe), 1.0)
+        problem.smooth_scale = float(smoothing) * np.asarray(scale) * (radius_px / 10.0) ** 2
     info = dict(y=y, x=x, elements=elements, sensitivity=s, matrix=mat, energy=energy, geometry=geo, ice=ice,
                 edge=edge, gradient=gradient)
     return problem, t0, c0, info
