@@ -18,7 +18,7 @@ from xmulti.ptycho.tiles import split_tiles
 from xmulti.simulate import make_scan
 
 pytestmark = pytest.mark.cluster
-ITERATIONS = 12
+ITERATIONS = 8
 SYNC = 4
 
 
