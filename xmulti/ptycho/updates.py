@@ -75,7 +75,11 @@ def object_sums(
         for y, x in local.tolist():
             illum[y : y + n, x : x + n] += illum_one
     else:
-        upd = (xp.conj(work.probes) * work.chi).sum(axis=1)
+        if work.probes.shape[1] == 1 and consume:
+            upd = work.chi[:, 0]
+            upd *= xp.conj(work.probes[:, 0])  # in place: no (B, 1, N, N) temporary and sum
+        else:
+            upd = (xp.conj(work.probes) * work.chi).sum(axis=1)
         illum = xp.zeros(shape, np.float32)
         accumulate_patches(illum, power(work.probes, axis=1), local)
     num = xp.zeros(shape, np.complex64)
