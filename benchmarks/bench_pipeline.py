@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,18 +49,22 @@ def _read_floor_s(scan_path: Path) -> float:
     return time.perf_counter() - start
 
 
-def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_positions: int, workdir: Path) -> dict:
+def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_positions: int, chunk_positions: int,
+          workdir: Path) -> dict:
     from xmulti.cluster import dask_client
     from xmulti.options import PipelineOptions
     from xmulti.pipeline import run_pipeline
-    from xmulti.simulate import simulate_scan
 
     scan = workdir / f"scan_{scan_shape[0]}x{scan_shape[1]}.h5"
     start = time.perf_counter()
-    simulate_scan(scan, "large", seed=0, scan_shape=scan_shape, overwrite=True)
+    # simulated in a child process: the client's memory then holds only what the pipeline uses
+    code = (f"from xmulti.simulate import simulate_scan; "
+            f"simulate_scan({str(scan)!r}, 'large', seed=0, scan_shape={tuple(scan_shape)}, overwrite=True)")
+    subprocess.run([sys.executable, "-c", code], check=True)
     simulate_s = time.perf_counter() - start
     options = PipelineOptions().override("xrf", elements=["P", "S", "K", "Ca", "Fe", "Cu", "Zn"])
     options = options.override("ptycho", iterations=iterations, max_tile_positions=tile_positions)
+    options = options.override(chunk_positions=chunk_positions)
     floor = _read_floor_s(scan)
     store = workdir / f"results_{scan_shape[0]}x{scan_shape[1]}.zarr"
     seconds, client_peak, worker_peak = {}, {}, {}
@@ -94,12 +100,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
     parser.add_argument("--tile-positions", type=int, default=1250,
                         help="ptycho.max_tile_positions: the same tile size at every scan size")
+    parser.add_argument("--chunk-positions", type=int, default=1024,
+                        help="positions per Dask chunk: the same chunks at every scan size")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="xmulti-bench-") as tmp:
-        results = [bench(shape, args.iterations, args.workers, args.tile_positions, Path(tmp)) for shape in sizes]
+        results = [bench(shape, args.iterations, args.workers, args.tile_positions, args.chunk_positions, Path(tmp)) for shape in sizes]
     print(f"pipeline benchmark: large-preset optics, {args.workers} worker processes, "
-          f"{args.iterations} ptychography epochs, tiles of at most {args.tile_positions} positions")
+          f"{args.iterations} ptychography epochs, tiles of at most {args.tile_positions} positions, "
+          f"{args.chunk_positions} positions per chunk")
     print(f"{'positions':>9s} {'stage':>12s} {'wall s':>8s} {'client peak MB':>15s} {'worker peak MB':>15s}")
     for r in results:
         for stage, secs in r["stages"].items():

@@ -166,9 +166,14 @@ class ClusterOptions:
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """All options of ``xmulti run``."""
+    """All options of ``xmulti run``.
+
+    ``chunk_positions`` is the number of positions per Dask chunk of the spectra and frames
+    (default: about 64 MB per chunk): with the tile size it sets the memory of a worker.
+    """
 
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+    chunk_positions: int | None = None
     xrf: XRFOptions = field(default_factory=XRFOptions)
     ptycho: PtychoOptions = field(default_factory=PtychoOptions)
     correlate: CorrelateOptions = field(default_factory=CorrelateOptions)
@@ -178,6 +183,8 @@ class PipelineOptions:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise InvalidInputError(f"stages: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        if self.chunk_positions is not None and self.chunk_positions < 1:
+            raise InvalidInputError(f"chunk_positions: must be >= 1, got {self.chunk_positions}")
         for section in (self.xrf, self.ptycho, self.correlate, self.cluster):
             section.check()
 

@@ -115,7 +115,7 @@ def run_pipeline(
 
     options = options or PipelineOptions()
     options.check()
-    tree = open_scan(scan_path)
+    tree = open_scan(scan_path, chunks=options.chunk_positions)
     store = create_store(store)
     reports = []
     for name in options.stages:
