@@ -233,7 +233,7 @@ def joint_reconstruct(
     recon: Any,
     maps: Any,
     elements: list[str] | None = None,
-    iterations: int = 40,
+    iterations: int = 100,
     xrf_weight: float = 1.0,
     geometry: dict | None = None,
     client: Any = None,
