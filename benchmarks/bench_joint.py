@@ -12,7 +12,8 @@ FFT floor (and per L-BFGS iteration: that times the evaluations per iteration), 
 position and probe mode (scipy.fft, same threads), measured interleaved in the same run (the
 minimum of each is kept, so load from other processes affects both alike).
 
-Run: ``python benchmarks/bench_joint.py [--quick] [--iterations N]`` (quick: the tiny preset).
+Run: ``python benchmarks/bench_joint.py [--quick] [--iterations N] [--seed S] [--cell-um T]
+[--ice-um T]`` (quick: the tiny preset).
 """
 
 from __future__ import annotations
@@ -52,16 +53,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny preset")
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--cell-um", type=float, default=5.0, help="peak cell thickness (um)")
+    parser.add_argument("--ice-um", type=float, default=0.0, help="ice layer the cells sit in (um)")
     args = parser.parse_args()
     preset = "tiny" if args.quick else "small"
-    sim = make_scan(preset, seed=args.seed, self_absorption=True, cell_thickness_um=5.0)
+    sim = make_scan(preset, seed=args.seed, self_absorption=True, cell_thickness_um=args.cell_um,
+                    ice_thickness_um=args.ice_um)
     cfg = sim.config
     sens = {el: cfg.flux * physical_sensitivity(el, cfg.energy_keV) * 1e-6 / cfg.i0_counts for el in sim.elements}
     with tempfile.TemporaryDirectory() as tmp:
         tree = xmulti.open_scan(sim.write(Path(tmp) / "thick.h5"))
         recon = xmulti.reconstruct(tree, "lsqml", iterations=100)
         maps = xmulti.fit_xrf(tree, list(sim.elements)).compute()
-        problem, t0, c0, _ = build_problem(tree, recon, maps, sensitivity=sens)
+        problem, t0, c0, _ = build_problem(tree, recon, maps, sensitivity=sens, ice_thickness_um=args.ice_um)
 
         # cost of one evaluation (objective + gradients, probe refined) vs the FFT floor
         workers = default_workers()
@@ -80,7 +84,7 @@ def main() -> None:
     separate = maps_to_phase_grid(maps[list(sim.elements)], recon["phase"])
     where = (recon["illumination"].values >= 0.1) & np.isfinite(separate[sim.elements[0]].values)
     print(f"preset {preset}: {m} positions, {n}x{n} frames, object {t0.shape}, {len(sim.elements)} elements, "
-          f"5 um protein, self-absorption at 15 deg exit; {args.iterations} L-BFGS-B iterations, "
+          f"{args.cell_um:g} um protein in {args.ice_um:g} um ice, self-absorption at 15 deg exit; {args.iterations} L-BFGS-B iterations, "
           f"{problem.evaluations} evaluations")
     truth_t = sim.phantom.thickness_um
     print(f"thickness NRMSE  separate {nrmse(t0, truth_t, where):.4f}  joint {nrmse(t, truth_t, where):.4f}")
