@@ -199,3 +199,18 @@ def test_bad_input_is_named(thick):
         joint_reconstruct(recon, recon, maps, iterations=0)
     with pytest.raises(InvalidInputError, match="iterations"):
         joint_reconstruct(tree, recon, maps, iterations=-1, sensitivity=_sensitivity(sim))
+
+
+def test_xrf_values_are_taken_at_the_positions():
+    import xarray as xr
+
+    from xmulti.joint.solve import _per_position
+
+    # a linear map: interpolation at any position inside is exact; a raster map is read in place
+    y = np.array([1.0, 2.0, 3.0])
+    x = np.array([10.0, 10.5, 11.0, 11.5])
+    values = 2.0 * y[:, None] + 3.0 * x[None, :]
+    maps = xr.Dataset({"Fe": (("y", "x"), values)}, coords={"y": y, "x": x})
+    jittered = np.stack(np.meshgrid(y, x, indexing="ij"), -1).reshape(-1, 2) + 0.05
+    assert np.allclose(_per_position(maps, "Fe", jittered, (3, 4)), values.ravel())
+    assert np.allclose(_per_position(maps, "Fe", jittered, None), 2.0 * jittered[:, 0] + 3.0 * jittered[:, 1])

@@ -169,7 +169,7 @@ def level_background(phase: np.ndarray, region: np.ndarray, rounds: int = 6) -> 
 
 def _per_position(maps, name: str, positions_um: np.ndarray, scan_shape) -> np.ndarray:
     """A map variable at each scan position: the raster pixel of a raster scan (row by row),
-    otherwise linear interpolation at the positions (nearest value beyond the map's edge)."""
+    otherwise linear interpolation at the positions (extrapolated linearly just beyond the edge)."""
     import xarray as xr
 
     var = maps[name]
