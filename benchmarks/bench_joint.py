@@ -27,7 +27,8 @@ import numpy as np
 import scipy.fft as sfft
 
 import xmulti
-from xmulti.joint.solve import build_problem, solve
+from xmulti.joint.setup import build_problem
+from xmulti.joint.solve import solve
 from xmulti.ptycho.fft import default_workers
 from xmulti.register import maps_to_phase_grid
 from xmulti.simulate import make_scan

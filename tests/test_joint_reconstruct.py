@@ -15,7 +15,8 @@ from xmulti import physics
 from xmulti.errors import InvalidInputError
 from xmulti.joint.model import AbsorptionModel, ObjectModel, absorption_factors, transmission
 from xmulti.joint.problem import FrameSource, JointProblem
-from xmulti.joint.solve import build_problem, joint_reconstruct, level_background
+from xmulti.joint.setup import build_problem, level_background
+from xmulti.joint.solve import joint_reconstruct
 from xmulti.simulate import make_scan
 from xmulti.simulate.optics import object_transmission
 from xmulti.xrf.quantify import physical_sensitivity
@@ -204,7 +205,7 @@ def test_bad_input_is_named(thick):
 def test_xrf_values_are_taken_at_the_positions():
     import xarray as xr
 
-    from xmulti.joint.solve import _per_position
+    from xmulti.joint.setup import _per_position
 
     # a linear map: interpolation at any position inside is exact; a raster map is read in place
     y = np.array([1.0, 2.0, 3.0])
