@@ -67,7 +67,7 @@ def test_rerun_skips_finished_stages_and_force_redoes(reference_store, scan_file
     again = xmulti("run", scan_file, "--out", store, "--elements", ELEMENTS, "--iterations", 60, "--workers", 1,
                    "--figures", figures)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("skipped (up to date)") == 3  # fit-xrf, reconstruct, correlate
+    assert again.stdout.count("skipped (up to date)") == 4  # fit-xrf, reconstruct, correlate, joint
     # figures from the finished store: both default overlays and the per-cell table, nothing half-written
     names = sorted(p.name for p in figures.iterdir())
     assert names == ["overlay_Fe_Zn.png", "overlay_P_S_K.png", "regions.csv"]

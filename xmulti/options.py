@@ -16,10 +16,10 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["XRFOptions", "PtychoOptions", "CorrelateOptions", "ClusterOptions", "PipelineOptions", "load_options", "STAGES"]
+__all__ = ["XRFOptions", "PtychoOptions", "CorrelateOptions", "JointOptions", "ClusterOptions", "PipelineOptions", "load_options", "STAGES"]
 
 #: Pipeline stages in the order they run.
-STAGES = ("fit-xrf", "reconstruct", "correlate")
+STAGES = ("fit-xrf", "reconstruct", "correlate", "joint")
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,46 @@ class CorrelateOptions:
 
 
 @dataclass(frozen=True)
+class JointOptions:
+    """Options of the joint stage (self-absorption, resolution bridging, joint reconstruction).
+
+    Attributes
+    ----------
+    elements : list of str or None
+        Elements to treat (default all fitted).
+    iterations : int
+        Iterations of the joint reconstruction (L-BFGS-B).
+    xrf_weight : float
+        Weight of the XRF likelihood against the ptychographic one (1: as the noise says).
+    matrix : str
+        Matter that sets the phase: ``protein``, ``ice`` or ``FORMULA:DENSITY``.
+    ice_thickness_um : float
+        Ice layer the sample is embedded in (0: dried sample).
+    incident_angle_deg, exit_angle_deg : float
+        Beam and XRF detector directions from the sample surface (degrees).
+    """
+
+    elements: list[str] | None = None
+    iterations: int = 40
+    xrf_weight: float = 1.0
+    matrix: str = "protein"
+    ice_thickness_um: float = 0.0
+    incident_angle_deg: float = 90.0
+    exit_angle_deg: float = 15.0
+
+    def check(self) -> None:
+        if self.iterations < 1:
+            raise InvalidInputError(f"joint.iterations: must be >= 1, got {self.iterations}")
+        if not self.xrf_weight >= 0:
+            raise InvalidInputError(f"joint.xrf_weight: must be >= 0, got {self.xrf_weight}")
+        if self.ice_thickness_um < 0:
+            raise InvalidInputError(f"joint.ice_thickness_um: must be >= 0, got {self.ice_thickness_um}")
+        for name in ("incident_angle_deg", "exit_angle_deg"):
+            if not 0 < getattr(self, name) <= 90:
+                raise InvalidInputError(f"joint.{name}: must be in (0, 90] degrees, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class ClusterOptions:
     """Where the work runs: a scheduler address, a dask-jobqueue profile, or (neither) a local
     process cluster with ``n_workers`` processes (default one per core)."""
@@ -177,6 +217,7 @@ class PipelineOptions:
     xrf: XRFOptions = field(default_factory=XRFOptions)
     ptycho: PtychoOptions = field(default_factory=PtychoOptions)
     correlate: CorrelateOptions = field(default_factory=CorrelateOptions)
+    joint: JointOptions = field(default_factory=JointOptions)
     cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
     def check(self) -> None:
@@ -185,7 +226,7 @@ class PipelineOptions:
             raise InvalidInputError(f"stages: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
         if self.chunk_positions is not None and self.chunk_positions < 1:
             raise InvalidInputError(f"chunk_positions: must be >= 1, got {self.chunk_positions}")
-        for section in (self.xrf, self.ptycho, self.correlate, self.cluster):
+        for section in (self.xrf, self.ptycho, self.correlate, self.joint, self.cluster):
             section.check()
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,6 +63,12 @@ def _correlate(tree, store, options: PipelineOptions, client, log):
     return groups
 
 
+def _joint(tree, store, options: PipelineOptions, client, log):
+    from .joint.stage import joint_groups
+
+    return joint_groups(tree, store, options.joint, client, log)
+
+
 STAGE_TABLE: dict[str, Stage] = {
     "fit-xrf": Stage("fit-xrf", ("/xrf/elemental_maps", "/xrf/fit"), ("xrf",), _fit_xrf, ("xrf",)),
     "reconstruct": Stage("reconstruct", ("/reconstructed",), ("ptycho",), _reconstruct, ("ptychography",)),
@@ -70,6 +76,10 @@ STAGE_TABLE: dict[str, Stage] = {
     "correlate": Stage(
         "correlate", ("/correlation/labels", "/correlation/regions", "/correlation/pixelwise"),
         ("xrf", "ptycho", "correlate"), _correlate, ("xrf", "ptychography"),
+    ),
+    "joint": Stage(
+        "joint", ("/joint/self_absorption", "/joint/bridged", "/joint/reconstruction"),
+        ("xrf", "ptycho", "joint"), _joint, ("xrf", "ptychography"),
     ),
 }
 

@@ -1,0 +1,72 @@
+"""The joint stage: ``xmulti joint RESULTS.zarr`` and the pipeline's ``joint`` stage on a store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xmulti.cli import main
+
+ELEMENTS = "P,S,K,Ca,Fe,Cu,Zn"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A tiny scan of thick cells, fitted and reconstructed (one process)."""
+    from xmulti.simulate import simulate_scan
+
+    root = tmp_path_factory.mktemp("joint-stage")
+    scan = simulate_scan(root / "scan.h5", "tiny", seed=5, cell_thickness_um=4.0)
+    out = root / "results.zarr"
+    code = main(["run", str(scan), "--out", str(out), "--elements", ELEMENTS, "--iterations", "40",
+                 "--workers", "1", "--stages", "fit-xrf,reconstruct"])
+    assert code == 0
+    return scan, out
+
+
+def test_joint_command_writes_three_groups(store, capsys):
+    scan, out = store
+    assert main(["joint", str(out), "--iterations", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "self-absorption correction of the map means" in printed
+    tree = xr.open_datatree(out, engine="zarr")
+    recon = tree["reconstructed"].to_dataset()
+    corrected = tree["joint/self_absorption"].to_dataset()
+    bridged = tree["joint/bridged"].to_dataset()
+    joint = tree["joint/reconstruction"].to_dataset()
+    maps = tree["xrf/elemental_maps"].to_dataset()
+    # bridged and joint maps on the phase grid, self-absorption-corrected maps on the scan grid
+    for ds in (bridged, joint):
+        np.testing.assert_allclose(ds["y"].values, recon["y"].values)
+        np.testing.assert_allclose(ds["x"].values, recon["x"].values)
+    np.testing.assert_allclose(corrected["y"].values, maps["y"].values)
+    assert joint["thickness"].attrs["units"] == "um"
+    assert "not quantified" in joint["Fe"].attrs["units"]
+    # the correction only ever raises a map, and raises the soft P K line far more than Zn K
+    gain = {el: float(corrected[el].mean() / maps[el].mean()) for el in ("P", "Zn")}
+    assert gain["P"] > 1.0 and gain["Zn"] >= 1.0 and gain["P"] - 1 > 5 * (gain["Zn"] - 1)
+    # thickness follows the simulated cells
+    truth = xr.open_datatree(scan, engine="xmulti")["truth"].to_dataset()
+    thickness = joint["thickness"].values
+    true = truth["thickness"].values
+    ny, nx = min(thickness.shape[0], true.shape[0]), min(thickness.shape[1], true.shape[1])
+    assert thickness.shape == true.shape, (thickness.shape, true.shape)
+    covered = joint["thickness"].notnull().values & (recon["illumination"].values > 0.2 * float(recon["illumination"].max()))
+    assert np.corrcoef(thickness[covered], true[:ny, :nx][covered])[0, 1] > 0.8
+    assert joint["objective"].values[-1] < joint["objective"].values[0]
+
+
+def test_joint_needs_a_reconstruction(tmp_path, capsys):
+    from xmulti.simulate import simulate_scan
+
+    scan = simulate_scan(tmp_path / "scan.h5", "tiny", seed=1)
+    out = tmp_path / "r.zarr"
+    assert main(["run", str(scan), "--out", str(out), "--elements", "K,Fe", "--workers", "1",
+                 "--stages", "fit-xrf"]) == 0
+    capsys.readouterr()
+    assert main(["joint", str(out), "--scan", str(scan)]) == 2
+    err = capsys.readouterr().err
+    assert "/reconstructed" in err and "Traceback" not in err
+    assert main(["joint", str(out), "--exit-angle", "120"]) == 2
+    assert "exit_angle_deg" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""The ``joint`` stage of the pipeline and ``xmulti joint``: what it computes from a results store.
+
+From the fitted maps (``/xrf/elemental_maps`` with ``/xrf/fit``, or the quantified
+``/xrf/areal_density``), the reconstruction (``/reconstructed``) and the scan's diffraction
+frames it makes three groups:
+
+- ``/joint/self_absorption``: the element maps divided by their self-absorption factor, with the
+  matrix areal mass taken from the phase (:func:`xmulti.joint.absorption.correct_self_absorption`);
+- ``/joint/bridged``: the element maps at the ptychographic pixel, solved with the probe
+  footprint and guided by the phase (:func:`xmulti.joint.bridge.bridge_resolution`);
+- ``/joint/reconstruction``: thickness and element maps of one object fitted to both the
+  diffraction data and the XRF maps (:func:`xmulti.joint.solve.joint_reconstruct`).
+
+Without a standard the maps are not quantified: the joint reconstruction then runs with a unit
+sensitivity and its element maps stay in the maps' units (stated in their ``units``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import InvalidInputError
+
+__all__ = ["joint_groups"]
+
+
+def _maps_with_sigma(store) -> tuple[Any, bool]:
+    """The element maps with their ``<El>_sigma`` (quantified when the store has them)."""
+    from ..io.results import read_group
+
+    try:
+        density = read_group(store, "/xrf/areal_density").load()
+    except InvalidInputError:
+        density = None
+    if density is not None:
+        return density, True
+    maps = read_group(store, "/xrf/elemental_maps").load()
+    try:
+        fit = read_group(store, "/xrf/fit").load()
+    except InvalidInputError:
+        return maps, False
+    sigmas = [f"{el}_sigma" for el in maps.data_vars if f"{el}_sigma" in fit]
+    merged = maps.merge(fit[sigmas])
+    merged.attrs = dict(maps.attrs)
+    return merged, False
+
+
+def joint_groups(tree, store: str | os.PathLike, options, client=None,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``/joint/self_absorption``, ``/joint/bridged`` and ``/joint/reconstruction`` of a store.
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        The scan (:func:`xmulti.open_scan`): diffraction frames and the incident energy.
+    store : path-like
+        Results store with the fit-xrf and reconstruct stages' groups.
+    options : xmulti.options.JointOptions
+    client : dask.distributed.Client, optional
+    log : callable, optional
+
+    Returns
+    -------
+    dict of str to xarray.Dataset
+    """
+    import numpy as np
+
+    from ..io.results import read_group
+    from .absorption import areal_mass_from_phase, correct_self_absorption
+    from .bridge import bridge_resolution
+    from .solve import joint_reconstruct
+
+    maps, quantified = _maps_with_sigma(store)
+    recon = read_group(store, "/reconstructed").load()
+    energy = float(tree.attrs.get("incident_energy_keV") or maps.attrs.get("incident_energy_keV"))
+    symbols = [str(s) for s in np.atleast_1d(maps.attrs.get("elements", []))] or [
+        name for name in maps.data_vars if f"{name}_sigma" in maps
+    ]
+    elements = list(options.elements) if options.elements else [e for e in symbols if e in maps]
+    missing = [e for e in elements if e not in maps]
+    if missing:
+        raise InvalidInputError(f"{store}: joint.elements {', '.join(missing)} have no fitted map")
+    geometry = {"incident_angle_deg": options.incident_angle_deg, "exit_angle_deg": options.exit_angle_deg}
+
+    if log is not None:
+        log("  joint: self-absorption correction")
+    mass = areal_mass_from_phase(recon["phase"], energy, ice_thickness_um=options.ice_thickness_um,
+                                 matrix=options.matrix)
+    corrected = correct_self_absorption(maps[[*elements, *[f"{e}_sigma" for e in elements if f"{e}_sigma" in maps]]],
+                                        mass, incident_energy_keV=energy, elements=elements, **geometry)
+
+    if log is not None:
+        log(f"  joint: resolution bridging of {', '.join(elements)}")
+    bridged = bridge_resolution(maps, recon, elements=elements)
+
+    if log is not None:
+        log(f"  joint: joint reconstruction ({options.iterations} iterations)")
+
+    def progress(iteration: int, objective: float, terms: dict) -> None:
+        if log is not None and (iteration % 10 == 0 or iteration == options.iterations):
+            log(f"  joint: iteration {iteration}/{options.iterations}, objective {objective:.6g}")
+
+    sensitivity = None if quantified else dict.fromkeys(elements, 1.0)
+    joint = joint_reconstruct(tree, recon, maps, elements=elements, iterations=options.iterations,
+                              xrf_weight=options.xrf_weight, geometry=geometry, client=client,
+                              sensitivity=sensitivity, matrix=options.matrix,
+                              ice_thickness_um=options.ice_thickness_um, progress=progress)
+    if not quantified:
+        unit = maps[elements[0]].attrs.get("units", "counts")
+        for el in elements:
+            joint[el].attrs["units"] = f"{unit} (not quantified: no standard)"
+    for ds in (corrected, bridged, joint):
+        ds.attrs["incident_energy_keV"] = energy
+        ds.attrs["matrix"] = str(options.matrix)
+        ds.attrs["ice_thickness_um"] = float(options.ice_thickness_um)
+        ds.attrs["quantified"] = int(quantified)
+        for key in [k for k, v in ds.attrs.items() if v is None]:
+            del ds.attrs[key]  # Zarr attributes cannot hold None
+    return {"/joint/self_absorption": corrected, "/joint/bridged": bridged, "/joint/reconstruction": joint}
