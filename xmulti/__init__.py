@@ -37,6 +37,11 @@ _PUBLIC = {
     "overlay_figure": "xmulti.viz",
     "correlation_figure": "xmulti.viz",
     "save_figure": "xmulti.viz",
+    # joint analysis
+    "joint_reconstruct": "xmulti.joint.solve",
+    "bridge_resolution": "xmulti.joint.bridge",
+    "correct_self_absorption": "xmulti.joint.absorption",
+    "areal_mass_from_phase": "xmulti.joint.absorption",
     # beamline formats
     "convert": "xmulti.io.convert",
     "read_mda": "xmulti.io.mda",
