@@ -26,8 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--iterations", type=int, default=100, help="epochs (default: 100)")
     parser.add_argument("--probe-modes", type=int, default=1, help="incoherent probe modes (default: 1)")
     parser.add_argument("--position-correction", action="store_true", help="refine the scan positions")
-    parser.add_argument("--noise", choices=["gaussian", "poisson"], default="gaussian",
-                        help="noise model of the exit-wave update (default: gaussian)")
+    parser.add_argument("--noise", choices=["gaussian", "poisson"],
+                        help="noise model of the exit-wave update (default: poisson for lsqml, gaussian for rpie)")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--tiles", metavar="NYxNX", help="tile-parallel reconstruction on a Dask cluster, e.g. 2x2")
     parser.add_argument("--halo", type=float, metavar="UM", help="tiles: halo width (um; default: probe radius or 2 steps)")
