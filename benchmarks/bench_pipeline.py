@@ -5,7 +5,7 @@ Run:  python benchmarks/bench_pipeline.py [--sizes 50x50,100x100] [--iterations 
 Each size is simulated with the ``large`` preset's optics (128 x 128 frames, 2048 channels) and a
 scan of the given shape, then ``xmulti.pipeline.run_pipeline`` runs on a local process cluster.
 Peak memory is the peak resident set size (Linux ``VmHWM``) of the client process and of each
-worker process over the pipeline run only: the peaks are reset (``/proc/self/clear_refs``) after
+worker process over each stage only (each scan size runs in a fresh process): the peaks are reset (``/proc/self/clear_refs``) after
 the scan is simulated and the cluster started. (``ru_maxrss`` would not do: a spawned worker
 inherits its parent's peak across fork and exec.) The floor printed beside the fit-xrf time is the time to read
 the spectra once from the file (the I/O the stage cannot avoid).
@@ -14,6 +14,7 @@ the spectra once from the file (the I/O the stage cannot avoid).
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def _read_floor_s(scan_path: Path) -> float:
 
 
 def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_positions: int, chunk_positions: int,
-          workdir: Path) -> dict:
+          stages: list[str], workdir: Path) -> dict:
     from xmulti.cluster import dask_client
     from xmulti.options import PipelineOptions
     from xmulti.pipeline import run_pipeline
@@ -69,7 +70,7 @@ def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_posit
     store = workdir / f"results_{scan_shape[0]}x{scan_shape[1]}.zarr"
     seconds, client_peak, worker_peak = {}, {}, {}
     with dask_client(n_workers=workers) as client:
-        for stage in ("fit-xrf", "reconstruct"):
+        for stage in stages:
             # peaks per stage: reset, run the one stage, read the high-water marks
             _reset_peak()
             client.run(_reset_peak)
@@ -102,10 +103,25 @@ def main() -> None:
                         help="ptycho.max_tile_positions: the same tile size at every scan size")
     parser.add_argument("--chunk-positions", type=int, default=1024,
                         help="positions per Dask chunk: the same chunks at every scan size")
+    parser.add_argument("--stages", default="fit-xrf,reconstruct,correlate",
+                        help="stages to time (joint is slow on large scans: see docs/joint.md)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one size, JSON on stdout
     args = parser.parse_args()
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="xmulti-bench-") as tmp:
-        results = [bench(shape, args.iterations, args.workers, args.tile_positions, args.chunk_positions, Path(tmp)) for shape in sizes]
+    if args.one:
+        shape = tuple(int(v) for v in args.one.split("x"))
+        with tempfile.TemporaryDirectory(prefix="xmulti-bench-") as tmp:
+            result = bench(shape, args.iterations, args.workers, args.tile_positions, args.chunk_positions,
+                           args.stages.split(","), Path(tmp))
+        print("RESULT " + json.dumps(result))
+        return
+    # each size in a fresh process: a client's peak then holds nothing left over from a bigger run
+    results = []
+    for size in args.sizes.split(","):
+        command = [sys.executable, __file__, "--one", size, "--iterations", str(args.iterations), "--workers",
+                   str(args.workers), "--tile-positions", str(args.tile_positions), "--chunk-positions",
+                   str(args.chunk_positions), "--stages", args.stages]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
     print(f"pipeline benchmark: large-preset optics, {args.workers} worker processes, "
           f"{args.iterations} ptychography epochs, tiles of at most {args.tile_positions} positions, "
           f"{args.chunk_positions} positions per chunk")
