@@ -1,4 +1,5 @@
-"""Joint analysis of XRF and ptychography: self-absorption, probe-guided resolution bridging.
+"""Joint analysis of XRF and ptychography: self-absorption, probe-guided resolution bridging,
+joint reconstruction of one object from both modalities.
 
 Names are imported lazily (``xmulti.joint.bridge_resolution`` loads :mod:`xmulti.joint.bridge`
 on first use) so importing the package stays cheap and its modules do not import each other.
@@ -23,6 +24,10 @@ _LAZY = {
     "bridge_resolution": "bridge",
     "element_names": "bridge",
     "phase_guide": "bridge",
+    "joint_reconstruct": "solve",
+    "build_problem": "setup",
+    "JointProblem": "problem",
+    "joint_groups": "stage",
 }
 
 __all__ = sorted(_LAZY)
