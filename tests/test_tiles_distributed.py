@@ -125,7 +125,7 @@ def test_reconstruct_with_tiles_through_the_public_api(scan_and_single, process_
     tiles = split_tiles(positions_px, tree["ptychography"].ds.sizes["det_x"], weight.shape, grid=grid,
                         halo_px=halo_px)
     for band_px in (3.0, halo_px):  # the seam itself, and the whole blend zone
-        # measured 0.84-1.06
+        # measured 0.87-1.02
         assert seam_ratio(_complex(tiled), tiles, weight, band_px, reference=_complex(single)) <= 1.2
 
 
