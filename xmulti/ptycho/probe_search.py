@@ -20,7 +20,7 @@ of each pattern do not count). ``A`` is found by a sweep of isotropic defocus th
 search over ``(A_yy, A_xx, A_xy)``.
 
 When the object shows too little structure for parallax (the best score is not clearly above
-the spread of the sweep) the older trial search is used: a few candidate footprints (both
+its level when the frames' contrasts are given random signs) the older trial search is used: a few candidate footprints (both
 defocus signs, and focus) are each tried for a few rPIE epochs on a patch of positions, and the
 one with the lowest detector error is kept; on weak objects it is rough. The result is a start:
 the engine refines it.
@@ -124,6 +124,7 @@ class _Parallax:
 
 def parallax_defocus(
     frames: Frames, positions_px: np.ndarray, max_diameter: float = 0.8, max_frames: int = 1024,
+    highpass_px: float = 0.0,
 ) -> tuple[np.ndarray, float]:
     """Defocus/astigmatism matrix ``A`` (2, 2) of the probe from the parallax of the shadow
     images in the bright-field disc, and its significance.
@@ -137,14 +138,17 @@ def parallax_defocus(
         Largest footprint searched, a fraction of the frame width N.
     max_frames : int
         Frames used at most: those nearest the most structured one (cost bound).
+    highpass_px : float
+        Gaussian width (detector pixels) of a high-pass on each frame's contrast; 0 only removes
+        each frame's mean (beam flux). The smooth cell phantoms were seen to need 0.
 
     Returns
     -------
     a : ndarray (2, 2)
         For :func:`pupil_probe` (object pixels per detector pixel).
     significance : float
-        Best score over the median absolute score of the isotropic sweep; below about 3 the
-        object shows too little structure for parallax.
+        Best score over its RMS when each frame's contrast gets a random sign (no agreement
+        between frames); below about 3 the object shows too little structure for parallax.
     """
     from scipy.ndimage import binary_erosion
 
@@ -168,8 +172,20 @@ def parallax_defocus(
     c = counts[usable][:, disc] / mean[disc] - 1.0
     ok = valid[usable][:, disc]
     c = np.where(ok, c, 0.0)
-    # each frame's mean (beam flux, absorption over the footprint) is not a shadow
-    c -= (c.sum(axis=1) / np.maximum(ok.sum(axis=1), 1))[:, None] * ok
+    if highpass_px > 0:
+        # keep the fine shadow detail: a smooth object gives a broad, skewed score peak (its
+        # shadows still agree roughly when A is scaled), which was seen to overestimate A
+        from scipy.ndimage import gaussian_filter
+
+        full = np.zeros((len(usable), n, n))
+        weight = np.zeros((len(usable), n, n))
+        full[:, disc], weight[:, disc] = c, ok
+        sigma = (0, highpass_px, highpass_px)
+        smooth = gaussian_filter(full, sigma) / np.maximum(gaussian_filter(weight, sigma), 1e-6)
+        c = (c - smooth[:, disc]) * ok
+    else:
+        # each frame's mean (beam flux, absorption over the footprint) is not a shadow
+        c -= (c.sum(axis=1) / np.maximum(ok.sum(axis=1), 1))[:, None] * ok
     qmax = float(np.sqrt((q**2).sum(axis=1).max()))
     amax = max_diameter * n / (2 * qmax)
     par = _Parallax(c, q, positions_px[usable], 1.5 * amax * qmax)
@@ -194,7 +210,16 @@ def parallax_defocus(
                     top, params, improved = value, trial, True
         if not improved:
             step /= 2
-    spread = float(np.median(np.abs(scores))) + 1e-30
+    # null level: the same score with each frame's contrast given a random sign, which keeps
+    # noise and chance agreement but destroys the shadows' agreement between frames
+    rng = np.random.default_rng(0)
+    signal = par.c
+    null = []
+    for _ in range(4):
+        par.c = signal * rng.choice([-1.0, 1.0], size=(len(signal), 1))
+        null.append(par.score(matrix(params)))
+    par.c = signal
+    spread = float(np.sqrt(np.mean(np.square(null)))) + 1e-30
     return matrix(params), float(top / spread)
 
 
