@@ -67,7 +67,10 @@ def joint_groups(tree, store: str | os.PathLike, options, client=None,
     """
     import numpy as np
 
+    from ..correlate import segment_phase
+    from ..inputs import flatten_phase
     from ..io.results import read_group
+    from ..stages import mask_unilluminated
     from .absorption import areal_mass_from_phase, correct_self_absorption
     from .bridge import bridge_resolution
     from .solve import joint_reconstruct
@@ -86,8 +89,11 @@ def joint_groups(tree, store: str | os.PathLike, options, client=None,
 
     if log is not None:
         log("  joint: self-absorption correction")
-    mass = areal_mass_from_phase(recon["phase"], energy, ice_thickness_um=options.ice_thickness_um,
-                                 matrix=options.matrix)
+    # a reconstructed phase has an arbitrary offset (and ramp): measure it from the background
+    # around the segmented cells before converting phase to mass
+    phase = mask_unilluminated(recon["phase"], recon, 0.05)
+    flat, background = flatten_phase(phase, segment_phase(phase))
+    mass = areal_mass_from_phase(flat, energy, ice_thickness_um=options.ice_thickness_um, matrix=options.matrix)
     corrected = correct_self_absorption(maps[[*elements, *[f"{e}_sigma" for e in elements if f"{e}_sigma" in maps]]],
                                         mass, incident_energy_keV=energy, elements=elements, **geometry)
 
@@ -111,6 +117,7 @@ def joint_groups(tree, store: str | os.PathLike, options, client=None,
         unit = maps[elements[0]].attrs.get("units", "counts")
         for el in elements:
             joint[el].attrs["units"] = f"{unit} (not quantified: no standard)"
+    corrected.attrs["phase_background_rad"] = float(background["background_rad"])
     for ds in (corrected, bridged, joint):
         ds.attrs["incident_energy_keV"] = energy
         ds.attrs["matrix"] = str(options.matrix)
