@@ -205,7 +205,7 @@ def reconstruct(
             ds, engine, iterations, probe_modes, position_correction, tiles=tuple(tiles), halo_um=halo_um,
             sync_every=sync_every, client=client, probe=probe, probe_diameter_um=probe_diameter_um,
             noise=noise, saturation=saturation, clip_negative=clip_negative, options=options,
-            progress=progress,
+            progress=progress, probe_support=probe_support,
         )
     diffraction = np.asarray(ds["diffraction"].values)
     positions_um = scan_positions_um(ds, diffraction.shape)

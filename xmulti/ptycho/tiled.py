@@ -59,7 +59,7 @@ def reconstruct_tiled(
     client=None,
     probe: np.ndarray | None = None,
     probe_diameter_um: float | None = None,
-    noise: str = "gaussian",
+    noise: str | None = None,
     saturation: float | None = None,
     clip_negative: bool = False,
     options: EngineOptions | None = None,
