@@ -53,8 +53,9 @@ def test_notebook_is_stored_without_outputs(name):
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs not stripped"
 
 
-@pytest.mark.cluster
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.cluster) if n.startswith("03_") else n for n in NAMES
+])
 def test_notebook_runs(name, kernel_name, tmp_path):
     from nbclient import NotebookClient
 
