@@ -217,8 +217,9 @@ def build_problem(
     )
 
     # XRF data at each position, and the start on the phase grid
-    if client is not None:
-        maps = client.compute(maps[elements + [f"{el}_sigma" for el in elements]]).result()
+    # lazy maps are computed on the active scheduler (a distributed client once one exists);
+    # client.compute would hand back an in-memory Dataset unchanged rather than a future
+    maps = maps[elements + [f"{el}_sigma" for el in elements]].compute()
     scan_shape = scan_tree.attrs.get("scan_shape")
     s = _sensitivity(maps, elements, sensitivity)
     data = np.stack([_per_position(maps, el, pos_um, scan_shape) for el in elements], 1)
