@@ -187,7 +187,10 @@ def run_engine(
                 err += work.error
                 norm += work.norm
                 if correct:
-                    shifts, strength = position_shifts(work, fft.xp, pos_floor)
+                    scale = None if state.intensity_scale is None else np.sqrt(state.intensity_scale[cidx])
+                    shifts, strength = position_shifts(
+                        work, fft.xp, pos_floor, frames.amplitude[cidx], fft, scale
+                    )
                     strengths.append((cidx, strength))
                     moves.append((cidx, shifts))
                 if acc is None:
