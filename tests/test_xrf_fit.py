@@ -373,3 +373,25 @@ def test_cli_fit_xrf_writes_maps_and_diagnostics(scan_file, tmp_path, capsys):
         assert name in diagnostics
     assert main(["fit-xrf", str(path), "--out", str(tmp_path / "b.zarr"), "--elements", "Fe,Qq"]) == 2
     assert "unknown element symbol 'Qq'" in capsys.readouterr().err
+
+
+def test_cli_quantifies_against_a_standard(tmp_path, capsys):
+    """``xmulti fit-xrf --standard``: a scan quantified against itself as the standard returns the
+    densities it was given; the other elements get theirs through the cross-section shape over Z
+    (the physics of the sensitivities is tested on the real AXO standard in test_quantify_axo.py)."""
+    import xarray as xr
+
+    from xmulti.cli import main
+    from xmulti.simulate import simulate_scan
+
+    scan = simulate_scan(tmp_path / "scan.h5", "tiny", seed=2)
+    store = tmp_path / "r.zarr"
+    code = main(["fit-xrf", str(scan), "--out", str(store), "--elements", "P,S,K,Ca,Fe,Cu,Zn",
+                 "--standard", str(scan), "--standard-densities", "K=1.5,Fe=0.08"])
+    assert code == 0
+    assert "areal density (ug/cm2)" in capsys.readouterr().out
+    density = xr.open_datatree(store, engine="zarr")["xrf/areal_density"].ds
+    assert float(density["K"].mean()) == pytest.approx(1.5, rel=1e-4)
+    assert float(density["Fe"].mean()) == pytest.approx(0.08, rel=1e-4)
+    assert density["Zn"].attrs["units"] == "ug/cm2" and np.isfinite(density["Zn"].values).all()
+    assert density["Zn"].attrs["sensitivity"] > 0
