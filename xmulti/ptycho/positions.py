@@ -17,6 +17,14 @@ shift of every position is a shift of the object, not an error). Removing the af
 the corrections as well was tried (with the exit-wave estimator) and did not help on the cell
 phantom (0.96 against 1.00 px RMS on the small preset, worse on tiny, where the random errors
 of few windows have a large affine projection), so it is not done.
+
+Known limit (small preset, 3 px RMS errors, 100 LSQ-ML epochs): 1.3 px RMS remain on the
+windows that see cells, mostly a smooth field (their error averaged over 25 px is 0.55 px RMS
+against 0.28 px for the recorded errors): a smooth warp of positions and object explains the
+data almost as well (only the strain across a window is seen), and the corrections drift along
+it. Larger position batches (32: 0.98 px) and removing part of the corrections' smooth
+component each epoch (with batches of 32: 0.79 px) helped there but hurt the tiny preset
+(0.37 -> 0.59 / 0.76 px), so neither is the default.
 """
 
 from __future__ import annotations
@@ -126,4 +134,3 @@ def clip_positions(positions_px: np.ndarray, n: int, shape: tuple[int, int]) -> 
     lo = n // 2
     hi = np.array(shape, dtype=np.float64) - (n - n // 2) - 1e-6
     return np.clip(positions_px, lo, hi)
-
