@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--snip-pixels", type=int, default=4096)
     parser.add_argument("--workers", type=int, default=0, help="also time a Dask process cluster")
+    parser.add_argument("--scaling-pixels", type=int, default=524288,
+                        help="spectra of the Dask scaling run (enough work that scheduling is negligible)")
     args = parser.parse_args()
 
     from xmulti.simulate import make_scan
@@ -89,16 +92,22 @@ def main() -> None:
           f"({snip / floor:.3f} of the float32 floor; {fit_u32 / snip:.1f}x slower than the linear continuum)")
 
     if args.workers:
-        scaling(counts, plan, args.workers)
+        scaling(counts, plan, args.workers, args.scaling_pixels)
 
 
-def scaling(counts, plan, workers: int) -> None:
+def _fit_fresh(spectra, plan, nonce):
+    from xmulti.xrf.fit import fit_spectra
+
+    return fit_spectra(spectra, plan)
+
+
+def scaling(counts, plan, workers: int, n_pixels: int) -> None:
     """apply_ufunc over a Dask array on 1 and ``workers`` worker processes."""
     import dask.array as da
     import xarray as xr
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client, LocalCluster, wait
 
-    from xmulti.xrf.fit import fit_spectra, output_names
+    from xmulti.xrf.fit import output_names
 
     mean = counts[:4096].mean(axis=0)  # small: what each worker draws its chunk from
 
@@ -106,25 +115,35 @@ def scaling(counts, plan, workers: int) -> None:
         rng = np.random.default_rng(block_id[0])
         return rng.poisson(np.broadcast_to(mean, (4096, mean.size))).astype(np.uint32)
 
-    n_chunks = counts.shape[0] // 4096
+    n_chunks = max(1, n_pixels // 4096)
     data = da.map_blocks(chunk, dtype=counts.dtype, chunks=((4096,) * n_chunks, (counts.shape[1],)))
     spectra = xr.DataArray(data, dims=("position", "channel"))
-    rates = {}
+    nonces = itertools.count()
+    rates, gathered = {}, {}
     for n_workers in sorted({1, workers}):
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True) as cluster, Client(cluster):
             persisted = spectra.persist()  # data in the workers: time the fit, not the transfer
 
-            def run(data=persisted):
+            def fitted(data=persisted):
+                # a fresh token each call: otherwise Dask may hand back the previous call's results
                 return xr.apply_ufunc(
-                    fit_spectra, data, kwargs={"plan": plan}, input_core_dims=[["channel"]],
+                    _fit_fresh, data, kwargs={"plan": plan, "nonce": next(nonces)}, input_core_dims=[["channel"]],
                     output_core_dims=[["quantity"]], dask="parallelized", output_dtypes=[np.float32],
                     dask_gufunc_kwargs={"output_sizes": {"quantity": len(output_names(plan))}},
-                ).compute()
+                )
 
-            run()
-            rates[n_workers] = best_rate(run, 4096 * n_chunks, 3)
+            def on_workers():  # results stay on the workers (as when they are written to Zarr)
+                result = fitted().persist()
+                wait(result)
+                del result
+
+            on_workers()
+            rates[n_workers] = best_rate(on_workers, 4096 * n_chunks, 3)
+            gathered[n_workers] = best_rate(lambda: fitted().compute(), 4096 * n_chunks, 3)
         print(f"dask, {n_workers} worker process(es): {rates[n_workers] / 1e3:9.1f} k pixels/s "
-              f"({rates[n_workers] / rates[1]:.2f} x one process)")
+              f"({rates[n_workers] / rates[1]:.2f} x one worker; results kept on the workers), "
+              f"{gathered[n_workers] / 1e3:.1f} k pixels/s ({gathered[n_workers] / gathered[1]:.2f} x) "
+              f"with every result gathered to the client")
 
 
 if __name__ == "__main__":
