@@ -21,6 +21,11 @@ _PUBLIC = {
     # XRF
     "fit_xrf": "xmulti.xrf.maps",
     "calibrate_scan": "xmulti.xrf.maps",
+    "fit_standard": "xmulti.xrf.standard",
+    "read_standard_info": "xmulti.xrf.standard",
+    "calibrate_standard": "xmulti.xrf.quantify",
+    "areal_density_maps": "xmulti.xrf.quantify",
+    "physical_sensitivity": "xmulti.xrf.quantify",
     # ptychography
     "reconstruct": "xmulti.ptycho.reconstruct",
     # co-registration, correlation, figures
@@ -53,6 +58,9 @@ _PUBLIC = {
     "run_pipeline": "xmulti.pipeline",
     "load_options": "xmulti.options",
     "dask_client": "xmulti.cluster",
+    "job_script": "xmulti.cluster",
+    "list_profiles": "xmulti.cluster",
+    "write_figures": "xmulti.figures",
     # errors
     "XmultiError": "xmulti.errors",
     "InvalidScanError": "xmulti.errors",
