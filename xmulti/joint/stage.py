@@ -47,6 +47,29 @@ def _maps_with_sigma(store) -> tuple[Any, bool]:
     return merged, False
 
 
+def _bridge(maps, recon, elements: list[str], client):
+    """Resolution bridging, one element per Dask task when a client is given (they are independent)."""
+    from .bridge import bridge_resolution
+
+    if client is None or len(elements) < 2:
+        return bridge_resolution(maps, recon, elements=elements)
+    import xarray as xr
+
+    def one(element):
+        names = [element] + ([f"{element}_sigma"] if f"{element}_sigma" in maps else [])
+        subset = maps[names]
+        subset.attrs = dict(maps.attrs)
+        return subset
+
+    recon_future = client.scatter(recon, broadcast=False)
+    futures = [client.submit(bridge_resolution, one(el), recon_future, elements=[el], pure=False) for el in elements]
+    parts = client.gather(futures)
+    merged = xr.merge([part[[el]] for part, el in zip(parts, elements, strict=True)], combine_attrs="override")
+    merged["coverage"] = parts[0]["coverage"]
+    merged.attrs = {**parts[0].attrs, "elements": list(elements)}
+    return merged
+
+
 def joint_groups(tree, store: str | os.PathLike, options, client=None,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``/joint/self_absorption``, ``/joint/bridged`` and ``/joint/reconstruction`` of a store.
@@ -72,7 +95,6 @@ def joint_groups(tree, store: str | os.PathLike, options, client=None,
     from ..io.results import read_group
     from ..stages import mask_unilluminated
     from .absorption import areal_mass_from_phase, correct_self_absorption
-    from .bridge import bridge_resolution
     from .solve import joint_reconstruct
 
     maps, quantified = _maps_with_sigma(store)
@@ -99,7 +121,7 @@ def joint_groups(tree, store: str | os.PathLike, options, client=None,
 
     if log is not None:
         log(f"  joint: resolution bridging of {', '.join(elements)}")
-    bridged = bridge_resolution(maps, recon, elements=elements)
+    bridged = _bridge(maps, recon, elements, client)
 
     if log is not None:
         log(f"  joint: joint reconstruction ({options.iterations} iterations)")
