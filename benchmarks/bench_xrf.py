@@ -10,8 +10,8 @@ detectors store counts). Single-threaded BLAS (per-core figures). Printed:
 - the full per-pixel fit (unconstrained + non-negative estimates, uncertainties, chi-square)
   on float32 and on uint32 spectra, as ratios to the matching floor;
 - the SNIP option (per-pixel SNIP background, then the linear fit without continuum);
-- with ``--workers N``: ``fit_xrf``-style ``apply_ufunc`` over a Dask array on a local cluster
-  of 1 and N worker processes (scaling), ratio to the single-process figure.
+- with ``--workers N``: ``fit_xrf``-style ``apply_ufunc`` over a Dask array on the local cluster
+  :func:`xmulti.dask_client` starts, with 1 and N worker processes (scaling), ratio to one worker.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ def scaling(counts, plan, workers: int, n_pixels: int) -> None:
     """apply_ufunc over a Dask array on 1 and ``workers`` worker processes."""
     import dask.array as da
     import xarray as xr
-    from dask.distributed import Client, LocalCluster, wait
+    from dask.distributed import wait
 
+    from xmulti.cluster import dask_client
     from xmulti.xrf.fit import output_names
 
     mean = counts[:4096].mean(axis=0)  # small: what each worker draws its chunk from
@@ -121,7 +122,8 @@ def scaling(counts, plan, workers: int, n_pixels: int) -> None:
     nonces = itertools.count()
     rates, gathered = {}, {}
     for n_workers in sorted({1, workers}):
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True) as cluster, Client(cluster):
+        # the local cluster xmulti starts (single-threaded worker processes, tuned allocator)
+        with dask_client(n_workers=n_workers, wait_for_workers=n_workers):
             persisted = spectra.persist()  # data in the workers: time the fit, not the transfer
 
             def fitted(data=persisted):

@@ -17,13 +17,17 @@ def tiny_scan(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def process_cluster():
-    """A LocalCluster of two worker *processes* (not threads) and a client on it."""
+    """A LocalCluster of two worker *processes* (not threads) and a client on it, with the
+    allocator settings :func:`xmulti.dask_client` gives its workers."""
     from dask.distributed import Client, LocalCluster
+
+    from xmulti.worker_memory import tune_workers
 
     cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
     )
     client = Client(cluster)
+    tune_workers(client)
     yield client
     client.close()
     cluster.close()

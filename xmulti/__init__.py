@@ -60,6 +60,7 @@ _PUBLIC = {
     "dask_client": "xmulti.cluster",
     "job_script": "xmulti.cluster",
     "list_profiles": "xmulti.cluster",
+    "tune_workers": "xmulti.worker_memory",
     "write_figures": "xmulti.figures",
     # errors
     "XmultiError": "xmulti.errors",

@@ -156,10 +156,6 @@ def local_cluster_size(memory_bytes: int | None = None, cores: int | None = None
     return cores, int(memory_bytes * 0.9 / cores)
 
 
-#: glibc mmap threshold of local worker processes (bytes), see :func:`dask_client`.
-MMAP_THRESHOLD_BYTES = 16 * 2**20
-
-
 @contextlib.contextmanager
 def dask_client(
     scheduler: str | None = None,
@@ -184,10 +180,12 @@ def dask_client(
         How long to wait for a scheduler or workers.
 
     Without ``scheduler`` or ``profile``: a local cluster of single-threaded worker *processes*
-    sized to the machine (HDF5 reads scale with processes, not threads).
+    sized to the machine (HDF5 reads scale with processes, not threads). Every worker, whichever
+    the kind of cluster, gets the allocator settings of :mod:`xmulti.worker_memory`.
     """
-    import dask
     from dask.distributed import Client, LocalCluster
+
+    from .worker_memory import tune_workers
 
     if scheduler and profile:
         raise InvalidInputError("give either a scheduler address or a cluster profile, not both")
@@ -205,17 +203,13 @@ def dask_client(
     else:
         workers, memory = local_cluster_size()
         workers = n_workers or workers
-        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which in glibc also pins the mmap threshold at
-        # 128 kB: every temporary image or spectrum block then becomes a fresh mmap with page
-        # faults. A 16 MB mmap threshold keeps them on the heap (bridging 2 elements on the demo
-        # store: 49 s -> 35 s on 2 workers); trimming still returns freed memory.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD_BYTES}):
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory,
-                dashboard_address=None, silence_logs=40,
-            )
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory,
+            dashboard_address=None, silence_logs=40,
+        )
         client = Client(cluster)
     try:
+        tune_workers(client)
         if wait_for_workers and not profile:
             client.wait_for_workers(wait_for_workers, timeout=timeout_s)
         yield client

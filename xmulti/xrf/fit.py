@@ -276,33 +276,46 @@ def fit_spectra(spectra, plan: FitPlan, xp=np):
     constrained = xp.asarray(plan.constrained)
     a_plus = nonnegative(a, b, normal, constrained, xp=xp)
     out = xp.empty((n, 3 * k + 2), dtype=xp.float32)
-    variance = xp.asarray(plan.variance).T
-    continuum_area = xp.asarray(plan.continuum_area)
-    continuum_variance = xp.asarray(plan.continuum_variance)[None, :]
-    weighted_area = xp.asarray(plan.weighted_area)
-    # small row blocks keep the temporaries below the allocator's mmap threshold
+    statistics = xp.asarray(_statistics_matrix(plan))
+    continuum_variance = xp.asarray(plan.continuum_variance)
+    # small row blocks keep the temporaries below the allocator's trim threshold
     for start in range(0, n, _SMALL_BLOCK_ROWS):
         rows = slice(start, min(n, start + _SMALL_BLOCK_ROWS))
-        ab, ap, tot = a[rows], a_plus[rows], total[rows]
-        chi2 = xp.maximum(weighted_square[rows] - xp.sum(ab * b[rows], axis=1), 0.0)
+        ab, ap = a[rows], a_plus[rows]
         # Variance model lambda: the peaks of a+ plus the pixel's continuum counts spread like
         # the mean spectrum's continuum (its own B-spline coefficients are noisy, can be < 0).
-        peaks = xp.where(constrained[None, :], ap, 0.0)
-        continuum = xp.maximum(ap @ continuum_area, 0.0)
-        var = peaks @ variance + continuum[:, None] * continuum_variance
-        sigma = xp.sqrt(xp.maximum(var, 0.0))
+        # One product gives the peaks' variance (K), their expected weighted chi-square term and
+        # the continuum counts (see _statistics_matrix).
+        stats = ap @ statistics
+        continuum = xp.maximum(stats[:, k + 1], 0.0)
+        var = stats[:, :k]
+        var += continuum[:, None] * continuum_variance
         # E[sum w (y - mu)^2] = sum_c lambda_c / mu_mean_c: dividing by it (times n_fit) turns
         # the shared-weight chi-square into the pixel's own Pearson chi-square in expectation
-        expected = peaks @ weighted_area + continuum * plan.continuum_weighted_area
-        chi2 = chi2 / xp.maximum(expected / plan.n_fit, 1e-12) / plan.dof
-        empty = tot <= 0
+        expected = stats[:, k] + continuum * plan.continuum_weighted_area
+        chi2 = xp.maximum(weighted_square[rows] - xp.einsum("ij,ij->i", ab, b[rows]), 0.0)
         block = out[rows]
-        block[:, :k] = xp.where(empty[:, None], 0.0, ab)
-        block[:, k : 2 * k] = xp.where(empty[:, None], 0.0, ap)
-        block[:, 2 * k : 3 * k] = xp.where(empty[:, None], xp.inf, sigma)
-        block[:, 3 * k] = xp.where(empty, 0.0, chi2)
-        block[:, 3 * k + 1] = tot
+        block[:, :k] = ab
+        block[:, k : 2 * k] = ap
+        xp.sqrt(xp.maximum(var, 0.0), out=block[:, 2 * k : 3 * k])
+        block[:, 3 * k] = chi2 / xp.maximum(expected / plan.n_fit, 1e-12) / plan.dof
+        block[:, 3 * k + 1] = total[rows]
+    empty = xp.flatnonzero(total <= 0)
+    if empty.size:  # all-zero pixels: zero with infinite uncertainty
+        out[empty, : 2 * k] = 0.0
+        out[empty, 2 * k : 3 * k] = xp.inf
+        out[empty, 3 * k] = 0.0
     return out
+
+
+def _statistics_matrix(plan: FitPlan) -> np.ndarray:
+    """``(K, K + 2)`` matrix ``M`` such that ``a+ M`` gives, per pixel, the variance of the K
+    amplitudes from the peak components of ``a+``, the peaks' part of the expected weighted
+    chi-square ``sum_c lambda_c w_c`` and the continuum counts in the fitted range."""
+    peaks = plan.constrained.astype(np.float64)[:, None]
+    return np.concatenate(
+        [plan.variance.T * peaks, plan.weighted_area[:, None] * peaks, plan.continuum_area[:, None]], axis=1
+    )
 
 
 def nonnegative(a, b, normal, constrained, max_sweeps: int = _NNLS_SWEEPS, xp=np):
