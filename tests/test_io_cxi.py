@@ -8,7 +8,8 @@ import pytest
 
 from xmulti.errors import InvalidScanError
 from xmulti.io.convert import convert
-from xmulti.io.cxi import CXIData, export_cxi, read_cxi, write_cxi
+from xmulti.io.cxi import export_cxi, read_cxi, write_cxi
+from xmulti.io.layout import PtychoData
 
 KEV_J = 1.602176634e-16
 
@@ -36,7 +37,7 @@ def test_round_trip_layout_cxi_layout(tiny_scan, tmp_path):
     scan, path = tiny_scan
     cxi = export_cxi(path, tmp_path / "scan.cxi")
     data = read_cxi(cxi)
-    np.testing.assert_array_equal(data.frames, scan.diffraction)
+    np.testing.assert_array_equal(data.diffraction, scan.diffraction)
     np.testing.assert_allclose(data.positions_um, scan.positions_um, rtol=1e-12, atol=1e-12)
     assert data.energy_keV == pytest.approx(10.0, rel=1e-12)
     assert data.wavelength_m == pytest.approx(1.2398419843320025e-10, rel=1e-12)
@@ -63,16 +64,16 @@ def test_mask_and_probe_survive(tmp_path):
     mask = np.zeros((8, 8), dtype=bool)
     mask[2, 3] = True
     probe = (rng.normal(size=(8, 8)) + 1j * rng.normal(size=(8, 8))).astype(np.complex64)
-    data = CXIData(frames, rng.uniform(0, 5, (4, 2)), 8.0, 1.5, 55e-6, mask, probe)
+    data = PtychoData(frames, rng.uniform(0, 5, (4, 2)), 8.0, 1.5, 55e-6, mask, probe)
     back = read_cxi(write_cxi(tmp_path / "m.cxi", data))
-    np.testing.assert_array_equal(back.frames, frames)
+    np.testing.assert_array_equal(back.diffraction, frames)
     np.testing.assert_array_equal(back.mask, mask)
     np.testing.assert_array_equal(back.probe, probe)
     assert back.detector_pixel_size_m == 55e-6 and back.detector_distance_m == 1.5
 
 
 def test_missing_energy_is_a_clear_error(tmp_path):
-    data = CXIData(np.zeros((2, 4, 4), np.uint16), np.zeros((2, 2)), 8.0, 1.5, 55e-6)
+    data = PtychoData(np.zeros((2, 4, 4), np.uint16), np.zeros((2, 2)), 8.0, 1.5, 55e-6)
     path = write_cxi(tmp_path / "bad.cxi", data)
     with h5py.File(path, "a") as f:
         del f["entry_1/instrument_1/source_1/energy"]

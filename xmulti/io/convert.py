@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError, InvalidScanError
-from .cxi import ptycho_from_cxi
+from .cxi import read_cxi
 from .eiger import ptycho_from_eiger
 from .layout import XRFData, write_scan
 from .mda import MDAFile, read_mda
@@ -47,7 +47,6 @@ __all__ = [
     "xrf_from_mda",
     "xrf_from_maps",
     "ptycho_from_eiger",
-    "ptycho_from_cxi",
     "classify",
     "convert",
     "LIVE_TIME_SOURCES",
@@ -496,7 +495,7 @@ def convert(
     if ptycho_sources:
         p, k = ptycho_sources[0]
         if k == "cxi":
-            ptycho = ptycho_from_cxi(p)
+            ptycho = read_cxi(p)
         else:
             if converted is None:
                 raise InvalidInputError(

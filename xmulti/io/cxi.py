@@ -21,7 +21,6 @@ xmulti's layout.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,43 +29,9 @@ from ..errors import InvalidScanError
 from ..physics import wavelength_m
 from .layout import PtychoData
 
-__all__ = ["CXIData", "read_cxi", "write_cxi", "export_cxi", "ptycho_from_cxi"]
+__all__ = ["read_cxi", "write_cxi", "export_cxi"]
 
 _KEV_TO_J = 1.602176634e-16  # 1 keV in joules (exact, SI 2019)
-
-
-@dataclass
-class CXIData:
-    """Ptychography data from a CXI file (SI converted to xmulti units).
-
-    Attributes
-    ----------
-    frames : ndarray (N, H, W)
-        Diffraction intensities as stored.
-    positions_um : ndarray (N, 2)
-        Beam-centre positions (y, x) in um.
-    energy_keV : float
-        Photon energy.
-    detector_distance_m, detector_pixel_size_m : float
-        Geometry (square pixels required).
-    mask : ndarray (H, W) bool or None
-        True marks a bad pixel.
-    probe : ndarray or None
-        Initial probe (complex), when stored.
-    """
-
-    frames: np.ndarray
-    positions_um: np.ndarray
-    energy_keV: float
-    detector_distance_m: float
-    detector_pixel_size_m: float
-    mask: np.ndarray | None = None
-    probe: np.ndarray | None = None
-
-    @property
-    def wavelength_m(self) -> float:
-        """Wavelength (m) of ``energy_keV``."""
-        return float(wavelength_m(self.energy_keV))
 
 
 def _scalar(f, path: Path, name: str) -> float:
@@ -75,7 +40,7 @@ def _scalar(f, path: Path, name: str) -> float:
     return float(np.asarray(f[name][()]).ravel()[0])
 
 
-def read_cxi(path: str | os.PathLike) -> CXIData:
+def read_cxi(path: str | os.PathLike) -> PtychoData:
     """Read ptychography frames, positions and geometry from a CXI file.
 
     Parameters
@@ -85,7 +50,10 @@ def read_cxi(path: str | os.PathLike) -> CXIData:
 
     Returns
     -------
-    CXIData
+    xmulti.io.layout.PtychoData
+        Frames as stored, positions (y, x) in um, energy in keV, geometry in m, mask (True
+        marks a bad pixel) and initial probe when present: what a combined-layout scan's
+        ``/ptychography`` group holds.
 
     Raises
     ------
@@ -137,8 +105,8 @@ def read_cxi(path: str | os.PathLike) -> CXIData:
         mask = f[det + "mask"][()] != 0 if det + "mask" in f else None
         probe_name = "entry_1/instrument_1/source_1/probe"
         probe = f[probe_name][()] if probe_name in f else None
-    return CXIData(
-        frames=frames,
+    return PtychoData(
+        diffraction=frames,
         positions_um=np.stack([translation[:, 1], translation[:, 0]], axis=1) * 1e6,
         energy_keV=energy_J / _KEV_TO_J,
         detector_distance_m=distance,
@@ -148,14 +116,14 @@ def read_cxi(path: str | os.PathLike) -> CXIData:
     )
 
 
-def write_cxi(path: str | os.PathLike, data: CXIData, overwrite: bool = False) -> Path:
+def write_cxi(path: str | os.PathLike, data: PtychoData, overwrite: bool = False) -> Path:
     """Write ptychography data as a CXI file readable by other ptychography codes.
 
     Parameters
     ----------
     path : path-like
         Output ``.cxi`` file, written under a temporary name and renamed when complete.
-    data : CXIData
+    data : xmulti.io.layout.PtychoData
         Frames, positions (um), energy (keV), geometry (m), optional mask and probe.
     overwrite : bool
         Replace an existing file.
@@ -171,7 +139,7 @@ def write_cxi(path: str | os.PathLike, data: CXIData, overwrite: bool = False) -
     if path.exists() and not overwrite:
         raise InvalidInputError(f"{path}: exists; pass overwrite=True to replace it")
     positions = np.asarray(data.positions_um, dtype=np.float64)
-    frames = np.asarray(data.frames)
+    frames = np.asarray(data.diffraction)
     if positions.shape != (frames.shape[0], 2):
         raise InvalidInputError(
             f"positions shape {positions.shape} does not match {frames.shape[0]} frames"
@@ -248,8 +216,8 @@ def export_cxi(
         for name in ("energy_keV", "detector_distance_m", "detector_pixel_size_m"):
             if name not in g.attrs:
                 raise InvalidScanError(scan_path, f"/ptychography@{name}", "missing attribute")
-        data = CXIData(
-            frames=g["diffraction"][()],
+        data = PtychoData(
+            diffraction=g["diffraction"][()],
             positions_um=g["positions"][()],
             energy_keV=float(g.attrs["energy_keV"]),
             detector_distance_m=float(g.attrs["detector_distance_m"]),
@@ -259,16 +227,3 @@ def export_cxi(
         )
     return write_cxi(cxi_path, data, overwrite=overwrite)
 
-
-def ptycho_from_cxi(path: str | os.PathLike) -> PtychoData:
-    """Ptychography from a CXI file (frames, translations, energy, geometry, mask, probe)."""
-    data = read_cxi(path)
-    return PtychoData(
-        diffraction=data.frames,
-        positions_um=data.positions_um,
-        energy_keV=data.energy_keV,
-        detector_distance_m=data.detector_distance_m,
-        detector_pixel_size_m=data.detector_pixel_size_m,
-        mask=data.mask,
-        probe=data.probe,
-    )

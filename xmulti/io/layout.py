@@ -79,6 +79,13 @@ class PtychoData:
     mask: np.ndarray | None = None
     probe: np.ndarray | None = None
 
+    @property
+    def wavelength_m(self) -> float:
+        """Wavelength (m) of ``energy_keV``."""
+        from ..physics import wavelength_m
+
+        return float(wavelength_m(self.energy_keV))
+
 
 @dataclass
 class ReconstructedData:
