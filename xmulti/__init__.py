@@ -58,6 +58,7 @@ _PUBLIC = {
     "run_pipeline": "xmulti.pipeline",
     "load_options": "xmulti.options",
     "dask_client": "xmulti.cluster",
+    "start_client": "xmulti.cluster",
     "job_script": "xmulti.cluster",
     "list_profiles": "xmulti.cluster",
     "tune_workers": "xmulti.worker_memory",

@@ -8,6 +8,7 @@ Profiles are YAML files (``cluster/*.yaml`` ship with xmulti; see ``cluster/READ
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import inspect
 import os
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["ClusterProfile", "list_profiles", "load_profile", "job_script", "local_cluster_size", "dask_client"]
+__all__ = [
+    "ClusterProfile", "list_profiles", "load_profile", "job_script", "local_cluster_size", "start_client", "dask_client",
+]
 
 _KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 
@@ -156,15 +159,20 @@ def local_cluster_size(memory_bytes: int | None = None, cores: int | None = None
     return cores, int(memory_bytes * 0.9 / cores)
 
 
-@contextlib.contextmanager
-def dask_client(
+def start_client(
     scheduler: str | None = None,
     profile: str | os.PathLike | None = None,
     n_workers: int | None = None,
     wait_for_workers: int = 1,
     timeout_s: float = 30.0,
-) -> Iterator[Any]:
-    """A ``dask.distributed.Client`` for the duration of a ``with`` block.
+    dashboard: bool = True,
+) -> Any:
+    """A ``dask.distributed.Client`` on a local process cluster, a running scheduler or batch jobs.
+
+    For notebooks: the client stays open until ``client.close()``, which also shuts down a local
+    cluster it started (a dask-jobqueue cluster is ``client.cluster``: close it, or it is closed
+    when Python exits). In scripts prefer :func:`dask_client`, which closes everything at the
+    end of a ``with`` block.
 
     Parameters
     ----------
@@ -178,18 +186,24 @@ def dask_client(
         Wait until this many workers are up (local and scheduler address).
     timeout_s : float
         How long to wait for a scheduler or workers.
+    dashboard : bool
+        Local cluster only: serve Dask's dashboard on a free port (``client.dashboard_link``)
+        when bokeh is installed (the ``notebooks`` and ``hpc`` extras include it).
+
+    Returns
+    -------
+    dask.distributed.Client
 
     Without ``scheduler`` or ``profile``: a local cluster of single-threaded worker *processes*
     sized to the machine (HDF5 reads scale with processes, not threads). Every worker, whichever
     the kind of cluster, gets the allocator settings of :mod:`xmulti.worker_memory`.
     """
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     from .worker_memory import tune_workers
 
     if scheduler and profile:
         raise InvalidInputError("give either a scheduler address or a cluster profile, not both")
-    cluster = None
     if scheduler:
         try:
             client = Client(scheduler, timeout=timeout_s)
@@ -202,18 +216,45 @@ def dask_client(
         client = Client(cluster)
     else:
         workers, memory = local_cluster_size()
-        workers = n_workers or workers
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory,
-            dashboard_address=None, silence_logs=40,
+        serve = dashboard and importlib.util.find_spec("bokeh") is not None
+        # given cluster keywords, the client starts the LocalCluster and owns it: closing the
+        # client closes the cluster
+        client = Client(
+            n_workers=n_workers or workers, threads_per_worker=1, processes=True, memory_limit=memory,
+            dashboard_address=":0" if serve else None, silence_logs=40,
         )
-        client = Client(cluster)
     try:
         tune_workers(client)
         if wait_for_workers and not profile:
             client.wait_for_workers(wait_for_workers, timeout=timeout_s)
+    except BaseException:
+        _close(client, owned_cluster=bool(profile))
+        raise
+    return client
+
+
+def _close(client: Any, owned_cluster: bool) -> None:
+    cluster = client.cluster if owned_cluster else None
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def dask_client(
+    scheduler: str | None = None,
+    profile: str | os.PathLike | None = None,
+    n_workers: int | None = None,
+    wait_for_workers: int = 1,
+    timeout_s: float = 30.0,
+) -> Iterator[Any]:
+    """:func:`start_client` for the duration of a ``with`` block: the client and any cluster it
+    started (local or dask-jobqueue) are closed at the end; a cluster joined by address is not.
+
+    Parameters are those of :func:`start_client` (no dashboard: this is for scripts).
+    """
+    client = start_client(scheduler, profile, n_workers, wait_for_workers, timeout_s, dashboard=False)
+    try:
         yield client
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        _close(client, owned_cluster=bool(profile))
