@@ -136,3 +136,69 @@ def test_seam_ratio_rejects_a_region_without_boundaries(truth_and_positions):
         seam_ratio(truth, one, np.ones(SHAPE), 3.0)
     with pytest.raises(InvalidInputError, match="same shape"):
         seam_ratio(truth, one, np.ones((4, 4)), 3.0)
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "rounded", "nan"])
+def test_masked_percentile_of_dask_arrays_is_numpys(case, monkeypatch):
+    """The exact percentile by histogram refinement (what normalises a stitched object block by
+    block) equals np.percentile, with ties, repeated values and NaN, in several passes."""
+    import dask
+    import dask.array as da
+
+    import xmulti.ptycho.lazy_result as lazy
+
+    monkeypatch.setattr(lazy, "_GATHER", 100)  # force refinement passes on a small image
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(150, 210)).astype(np.float32)
+    if case == "ties":
+        values[:100] = 0.25
+    elif case == "rounded":
+        values = np.round(values, 1)
+    elif case == "nan":
+        values[5, 5] = np.nan
+    mask = rng.random(values.shape) > 0.3
+    chunks = (64, 100)
+    for q in (0.0, 2.0, 50.0, 98.0, 100.0):
+        found = lazy.masked_percentile(da.from_array(values, chunks=chunks), da.from_array(mask, chunks=chunks), q,
+                                       dask.compute)
+        expected = np.percentile(values[mask & np.isfinite(values)].astype(np.float64), q)
+        assert found == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_illumination_blocks_equal_the_whole_map(truth_and_positions):
+    import dask.array as da
+
+    from xmulti.ptycho.lazy_result import illumination_blocks
+    from xmulti.ptycho.reconstruct import illumination_map
+
+    _, positions = truth_and_positions
+    probe = np.exp(-np.add.outer(*(2 * [(np.arange(N) - N // 2) ** 2])) / 50.0)[None].astype(np.complex64)
+    lazy = illumination_blocks(probe, positions, SHAPE, 48)
+    assert isinstance(lazy, da.Array) and lazy.chunks[0][0] == 48
+    np.testing.assert_array_equal(lazy.compute(), illumination_map(probe, positions, SHAPE))
+
+
+def test_lazy_result_dataset_equals_the_in_memory_one(truth_and_positions):
+    """Normalisation (phase and amplitude 98th percentiles on the illuminated region), images and
+    probe of the block-by-block result: those of reconstruct's result_dataset on the whole object."""
+    import dask
+    import dask.array as da
+
+    from xmulti.ptycho.lazy_result import lazy_result_dataset
+    from xmulti.ptycho.reconstruct import result_dataset
+
+    truth, positions = truth_and_positions
+    obj = (truth * np.complex64(0.8 * np.exp(0.7j))).astype(np.complex64)
+    probe = np.exp(-np.add.outer(*(2 * [(np.arange(N) - N // 2) ** 2])) / 50.0)[None].astype(np.complex64)
+    args = (probe, positions, [0.3, 0.2], np.array([-1.0, 2.0]), 0.01, positions * 0.01 - 1.0, {"engine": "lsqml"})
+    expected = result_dataset(obj, *args)
+    found = lazy_result_dataset(da.from_array(obj, chunks=48), *args, compute=dask.compute, block=48)
+    assert isinstance(found["phase"].data, da.Array) and found["phase"].data.chunks[0][0] == 48
+    found = found.compute()
+    for name in ("phase", "amplitude", "illumination"):
+        assert found[name].dtype == expected[name].dtype
+        np.testing.assert_allclose(found[name], expected[name], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(found["probe"], expected["probe"], rtol=1e-5)
+    assert found.attrs == expected.attrs
+    for name in expected.variables:
+        np.testing.assert_allclose(found[name].values, expected[name].values, rtol=1e-5, atol=1e-5)

@@ -151,3 +151,63 @@ def test_reconstruct_command_with_tiles(tmp_path):
     for bad in (("--tiles", "2"), ("--sync-every", "3")):
         result = cli("--iterations", "2", *bad)
         assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("method, grid", [("grid", (3, 3)), ("kmeans", (2, 3))])
+def test_stitch_on_the_cluster_equals_the_in_memory_stitch(process_cluster, method, grid):
+    """Alignment from overlap strips, the blend block by block (blocks smaller than tiles and
+    cutting across them) and the overlap exchange, all as tasks on the workers: the same numbers
+    as :func:`xmulti.ptycho.stitch.stitch` on the whole object in one process."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from scipy import ndimage
+
+    from xmulti.ptycho.cluster_stitch import (
+        align_on_cluster,
+        blended_object,
+        exchange_on_cluster,
+        prepare_tiles,
+    )
+    from xmulti.ptycho.stitch import apply_correction, core_distance_map, stitch
+
+    shape, n, halo = (160, 170), 32, 12.0
+    rng = np.random.default_rng(0)
+    phase = ndimage.gaussian_filter(rng.standard_normal(shape), 4)
+    truth = (np.exp(-0.1 * np.abs(phase)) * np.exp(1j * phase * 0.5 / phase.std())).astype(np.complex64)
+    yy, xx = np.meshgrid(np.arange(20, shape[0] - 20, 6.0), np.arange(20, shape[1] - 20, 6.0), indexing="ij")
+    positions = np.stack([yy.ravel(), xx.ravel()], axis=1) + rng.normal(0, 0.3, (yy.size, 2))
+    tiles = split_tiles(positions, n, shape, grid=grid, halo_px=halo, method=method)
+    objects, illuminations = [], []
+    for k, tile in enumerate(tiles):
+        region = tuple(slice(o, o + s) for o, s in zip(tile.offset, tile.shape, strict=True))
+        iy, ix = np.indices(tile.shape) + np.reshape(tile.offset, (2, 1, 1))
+        theta, g, scale = (0.0, (0.0, 0.0), 1.0) if k == 0 else (
+            rng.uniform(-3, 3), rng.normal(0, 0.01, 2), rng.uniform(0.8, 1.2))
+        objects.append((truth[region] * scale * np.exp(1j * (theta + g[0] * iy + g[1] * ix))).astype(np.complex64))
+        illum = np.zeros(tile.shape, np.float32)
+        for p in positions[tile.members]:
+            illum += np.exp(-((iy - p[0]) ** 2 + (ix - p[1]) ** 2) / (2 * 8.0**2)).astype(np.float32)
+        illuminations.append(illum)
+    expected, corrections, total = stitch(objects, tiles, illuminations, halo, shape)
+
+    runs = [process_cluster.scatter(SimpleNamespace(obj=o, illumination=i))
+            for o, i in zip(objects, illuminations, strict=True)]
+    found = align_on_cluster(process_cluster, runs, tiles, halo)
+    for a, b in zip(found, corrections, strict=True):
+        assert a.theta == pytest.approx(b.theta, abs=1e-9) and a.log_scale == pytest.approx(b.log_scale, abs=1e-9)
+        np.testing.assert_allclose(a.gradient, b.gradient, atol=1e-12)
+    prepared = prepare_tiles(process_cluster, runs, tiles, found, halo)
+    obj, weight = blended_object(process_cluster, prepared, tiles, shape, block=64)
+    assert obj.chunks == ((64, 64, 32), (64, 64, 42))
+    obj, weight = process_cluster.compute([obj, weight], sync=True)
+    np.testing.assert_allclose(obj, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(weight, total, rtol=1e-6)
+    # the exchange: each tile keeps its core and takes its halo from the blend, in its own gauge
+    exchanged = process_cluster.gather(exchange_on_cluster(process_cluster, runs, tiles, found, halo, prepared))
+    for tile, o, c, new in zip(tiles, objects, found, exchanged, strict=True):
+        region = tuple(slice(off, off + s) for off, s in zip(tile.offset, tile.shape, strict=True))
+        inverse = replace(c, theta=-c.theta, log_scale=-c.log_scale, gradient=(-c.gradient[0], -c.gradient[1]))
+        keep = np.clip(1.0 - core_distance_map(tile) / halo, 0.0, 1.0)
+        want = keep * o + (1.0 - keep) * apply_correction(expected[region], tile, inverse)
+        np.testing.assert_allclose(new, want, rtol=1e-5, atol=1e-6)

@@ -4,11 +4,14 @@ The scan positions are split into tiles with a halo (:mod:`xmulti.ptycho.tiles`)
 Dask work on any worker: a task reads only that tile's frames from the lazy scan (the graph holds
 the file path, not data) and either keeps them on the worker as prepared amplitudes (resident) or
 reads them again in each round's task (streamed: a worker then holds only the tiles it is
-running); the tasks run the engine on the tile for ``sync_every`` epochs at a time. Between rounds the client gathers the
-tiles' (small) objects and probes: the tiles agree on one probe (the members-weighted average of
-the phase-aligned tile probes) and take their halo regions from the blended object, so neighbours
-converge together. ``sync_every=None`` runs the tiles independently to the end. Finally the tiles
-are aligned (offset, ramp, scale) and blended (:mod:`xmulti.ptycho.stitch`).
+running); the tasks run the engine on the tile for ``sync_every`` epochs at a time. The tiles'
+engine states stay on the workers between rounds; the client gathers only their probes, errors
+and positions. Between rounds the tiles agree on one probe (the members-weighted average of the
+phase-aligned tile probes) and take their halo regions from the blend of their neighbours, so
+neighbours converge together; the overlap strips move from worker to worker
+(:mod:`xmulti.ptycho.cluster_stitch`). ``sync_every=None`` runs the tiles independently to the
+end. Finally the tiles are aligned (offset, ramp, scale) and blended block by block on the
+workers (:mod:`xmulti.ptycho.stitch` for the arithmetic).
 
 Every task is a pure function of its inputs, so a lost worker is replaced by recomputation from
 the graph, and the result does not depend on the number of workers.
@@ -23,12 +26,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import InvalidInputError
+from .cluster_stitch import align_on_cluster, blended_object, exchange_on_cluster, prepare_tiles
 from .data import Frames, prepare_frames
 from .engine import run_engine
 from .fft import FFT2
 from .reconstruct import illumination_map
 from .state import EngineOptions, ReconState
-from .stitch import apply_correction, core_distance_map, stitch
 from .tiles import Tile
 
 __all__ = ["TileRun", "reconstruct_tiles", "shared_probe", "default_halo_px", "probe_radius_px"]
@@ -131,30 +134,29 @@ def shared_probe(probes: list[np.ndarray], counts: list[int]) -> tuple[np.ndarra
     return mean.astype(np.complex64), factors
 
 
-def _shared_velocity(runs: list[TileRun], factors: list[complex], counts: list[int]) -> np.ndarray | None:
+def _shared_velocity(velocities: list, factors: list[complex], counts: list[int]) -> np.ndarray | None:
     """The probe momentum that goes with :func:`shared_probe`: the tiles' probe momenta in the
     shared gauge (``v_t / a_t``), averaged with the same weights."""
-    if any(r.velocity is None for r in runs):
+    if any(v is None for v in velocities):
         return None
     total = sum(counts)
-    mean = sum(w * r.velocity[1] / a for r, a, w in zip(runs, factors, counts, strict=True)) / total
+    mean = sum(w * v / a for v, a, w in zip(velocities, factors, counts, strict=True)) / total
     return mean.astype(np.complex64)
 
 
-def _exchange_overlaps(runs: list[TileRun], tiles: list[Tile], halo_px: float, object_shape) -> list[np.ndarray]:
-    """Each tile keeps its core and takes its halo from the blended object (in its own gauge)."""
-    objects = [r.obj for r in runs]
-    blended, corrections, _ = stitch(objects, tiles, [r.illumination for r in runs], halo_px, object_shape)
-    out = []
-    for run, tile, correction in zip(runs, tiles, corrections, strict=True):
-        region = tuple(slice(o, o + s) for o, s in zip(tile.offset, tile.shape, strict=True))
-        # blended -> this tile's gauge: undo the correction stitch applied to the tile
-        inverse = replace(correction, theta=-correction.theta, log_scale=-correction.log_scale,
-                          gradient=(-correction.gradient[0], -correction.gradient[1]))
-        theirs = apply_correction(blended[region], tile, inverse)
-        keep = np.clip(1.0 - core_distance_map(tile) / max(halo_px, 1e-9), 0.0, 1.0)
-        out.append((keep * run.obj + (1.0 - keep) * theirs).astype(np.complex64))
-    return out
+def _summary(run: TileRun):
+    """Task: what the client needs of a tile after a round (errors, probe, probe momentum,
+    positions), not its object."""
+    return run.errors, run.probe, None if run.velocity is None else run.velocity[1], run.positions_px
+
+
+def _next_state(run: TileRun, obj: np.ndarray, a: complex, probe: np.ndarray, probe_velocity) -> ReconState:
+    """Task: a tile's state for the next round: the exchanged object and the shared probe; the
+    object and its momentum take the factor the tile's probe gives up (exit waves kept)."""
+    velocity = None
+    if run.velocity is not None and probe_velocity is not None:
+        velocity = ((run.velocity[0] * np.complex64(a)).astype(np.complex64), probe_velocity.copy())
+    return replace(run.state, obj=(obj * np.complex64(a)).astype(np.complex64), probe=probe.copy(), velocity=velocity)
 
 
 def reconstruct_tiles(
@@ -176,6 +178,8 @@ def reconstruct_tiles(
     progress: Callable[[int, int, float], None] | None = None,
     probe_support: np.ndarray | None = None,
     resident_frames: bool | None = None,
+    lazy: bool = False,
+    block: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float], np.ndarray]:
     """Reconstruct tile by tile on a Dask cluster and stitch.
 
@@ -212,16 +216,22 @@ def reconstruct_tiles(
         reads its tile's frames from the lazy array and drops them when done (a worker holds
         only the tiles it is running, one per thread; the scan is re-read once per round).
         Default: resident when there are no more tiles than worker threads.
+    lazy : bool
+        Return the stitched object and weight as Dask arrays whose blocks are blended on the
+        workers from the tiles held there (nothing of the size of the object on the client;
+        compute or write them while ``client`` is open). False computes them.
+    block : int
+        Chunk edge (object pixels) of the stitched arrays.
 
     Returns
     -------
-    obj : complex64 (object_shape)
+    obj : complex64 (object_shape), ndarray or dask.array.Array (``lazy``)
     probe : complex64 (K, N, N)
     positions_px : ndarray (M, 2)
         Positions after correction, each from its own tile.
     errors : list of float
         Error per epoch (tiles' errors weighted by their number of positions).
-    weight : ndarray (object_shape)
+    weight : float32 (object_shape), ndarray or dask.array.Array (``lazy``)
         Total blending weight (where the image is constrained).
     """
     import dask
@@ -252,42 +262,44 @@ def reconstruct_tiles(
         local = positions_px[tile.members] - np.asarray(tile.offset)
         states.append(ReconState(np.ones(tile.shape, np.complex64), probe.copy(), local, probe_support=probe_support))
     step = iterations if sync_every is None else sync_every
+    weights = [len(t.members) for t in tiles]
     errors: list[float] = []
     done = 0
-    runs: list[TileRun] = []
+    runs: list = []
+    summaries: list = []
     while done < iterations:
         epochs = min(step, iterations - done)
-        futures = [
+        # the runs stay on the workers; only their summaries come to the client
+        runs = [
             client.submit(_run_tile, frames[t], states[t], engine, epochs,
                           replace(opts, seed=opts.seed + 1009 * t), pure=True)
             for t in range(len(tiles))
         ]
-        runs = client.gather(futures)
-        weights = [len(t.members) for t in tiles]
+        summaries = client.gather([client.submit(_summary, r, pure=True) for r in runs])
         for k in range(epochs):
-            errors.append(float(sum(w * r.errors[done + k] for w, r in zip(weights, runs, strict=True)) / sum(weights)))
+            errors.append(float(sum(w * s[0][done + k] for w, s in zip(weights, summaries, strict=True)) / sum(weights)))
         done += epochs
         if progress is not None:
             progress(done, iterations, errors[-1])
         if done >= iterations:
             break
-        objects = _exchange_overlaps(runs, tiles, halo_px, object_shape)
-        probe, factors = shared_probe([r.probe for r in runs], weights)
-        probe_velocity = _shared_velocity(runs, factors, weights)
-        states = []
-        for obj, a, r in zip(objects, factors, runs, strict=True):
-            # the tile's object and momenta take the factor its probe gives up (exit waves kept)
-            velocity = None
-            if r.velocity is not None and probe_velocity is not None:
-                velocity = ((r.velocity[0] * np.complex64(a)).astype(np.complex64), probe_velocity.copy())
-            states.append(replace(r.state, obj=(obj * np.complex64(a)).astype(np.complex64), probe=probe.copy(),
-                                  velocity=velocity))
-    obj, _, weight = stitch([r.obj for r in runs], tiles, [r.illumination for r in runs], halo_px, object_shape)
-    probe, _ = shared_probe([r.probe for r in runs], [len(t.members) for t in tiles])
+        corrections = align_on_cluster(client, runs, tiles, halo_px)
+        objects = exchange_on_cluster(client, runs, tiles, corrections, halo_px)
+        probe, factors = shared_probe([s[1] for s in summaries], weights)
+        probe_velocity = _shared_velocity([s[2] for s in summaries], factors, weights)
+        states = [client.submit(_next_state, r, o, a, probe, probe_velocity, pure=True)
+                  for r, o, a in zip(runs, objects, factors, strict=True)]
+    corrections = align_on_cluster(client, runs, tiles, halo_px)
+    prepared = prepare_tiles(client, runs, tiles, corrections, halo_px)
+    del runs, states  # the workers keep the tiles' blend terms only (their tasks hold the runs until done)
+    obj, weight = blended_object(client, prepared, tiles, object_shape, block)
+    probe, _ = shared_probe([s[1] for s in summaries], weights)
     corrected = np.array(positions_px, dtype=np.float64, copy=True)
-    for tile, run in zip(tiles, runs, strict=True):
+    for tile, summary in zip(tiles, summaries, strict=True):
         own = tile.members[tile.own]
-        corrected[own] = run.positions_px[tile.own] + np.asarray(tile.offset)
+        corrected[own] = summary[3][tile.own] + np.asarray(tile.offset)
+    if not lazy:
+        obj, weight = client.compute([obj, weight], sync=True)
     return obj, probe, corrected, errors, weight
 
 

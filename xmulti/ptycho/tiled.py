@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from .data import prepare_frames
 from .distributed import default_halo_px, reconstruct_tiles
+from .lazy_result import lazy_result_dataset
 from .probe import (
     add_modes,
     fit_probe_to_frame,
@@ -67,6 +68,8 @@ def reconstruct_tiled(
     method: str = "grid",
     probe_support: bool = True,
     resident_frames: bool | None = None,
+    lazy: bool = False,
+    block: int = 512,
 ):
     """Tile-parallel reconstruction of a ``/ptychography`` Dataset (see
     :func:`xmulti.ptycho.reconstruct.reconstruct` for the parameters it shares).
@@ -88,11 +91,23 @@ def reconstruct_tiled(
         reconstruction does.
     resident_frames : bool, optional
         As :func:`xmulti.ptycho.distributed.reconstruct_tiles`.
+    lazy : bool
+        With a ``client`` given: return ``phase``, ``amplitude`` and ``illumination`` as Dask
+        arrays blended block by block on the workers from the tiles held there (the client never
+        holds an image); compute or write them (e.g. :func:`xmulti.io.results.write_group`)
+        while the client is open. False (or no client given): computed, in memory.
+    block : int
+        Chunk edge (object pixels) of the stitched images (one Zarr shard each when written).
+
+    Returns
+    -------
+    xarray.Dataset
+        As :func:`xmulti.ptycho.reconstruct.reconstruct`.
     """
     import dask.array as da
 
     from ..cluster import dask_client
-    from .reconstruct import object_setup, result_dataset, scan_positions_um
+    from .reconstruct import object_setup, scan_positions_um
 
     if len(tiles) != 2 or min(tiles) < 1:
         raise InvalidInputError(f"tiles must be two positive integers, got {tiles}")
@@ -150,14 +165,20 @@ def reconstruct_tiled(
             diffraction, positions_px, shape, start, tile_list, halo_px, engine=engine, iterations=iterations,
             sync_every=sync_every, options=opts, mask=mask, saturation=saturation,
             clip_negative=clip_negative, client=active, progress=progress, probe_support=support,
-            resident_frames=resident_frames,
+            resident_frames=resident_frames, lazy=True, block=block,
         )
-    return result_dataset(
-        obj, probe_out, corrected, errors, origin, dx_um, positions_um,
-        {
+        attrs = {
             "engine": engine, "iterations": int(iterations), "probe_modes": int(probe_modes), "noise": noise,
             "position_correction": bool(position_correction), "tiles": [int(t) for t in tiles],
             "tile_method": method, "halo_um": halo_px * dx_um,
             "sync_every": -1 if sync_every is None else int(sync_every),
-        },
-    )
+        }
+
+        def compute(*collections):
+            return active.compute(list(collections), sync=True)
+
+        result = lazy_result_dataset(obj, probe_out, corrected, errors, origin, dx_um, positions_um, attrs,
+                                     compute, block)
+        if not lazy or owned:  # an owned cluster closes on return: bring the images here first
+            result = active.compute(result, sync=True)
+    return result
