@@ -76,8 +76,17 @@ class FFT2:
 
     def forward(self, a: Any) -> Any:
         """``fft2(a, norm="ortho")`` over the last two axes, overwriting ``a`` (returned)."""
-        return self._backend.fft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, **self._kw)
+        return self._run(self._backend.fft2, a)
 
     def inverse(self, a: Any) -> Any:
         """``ifft2(a, norm="ortho")`` over the last two axes, overwriting ``a`` (returned)."""
-        return self._backend.ifft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, **self._kw)
+        return self._run(self._backend.ifft2, a)
+
+    def _run(self, func: Any, a: Any) -> Any:
+        # a (B, K, N, N) stack goes to pocketfft as (B*K, N, N): with two leading axes it was
+        # measured 15-20 % slower on 64x64 frames (the same work, a worse outer loop)
+        if a.ndim > 3 and a.flags.c_contiguous:
+            flat = a.reshape((-1,) + a.shape[-2:])
+            out = func(flat, axes=(-2, -1), norm="ortho", overwrite_x=True, **self._kw)
+            return out.reshape(a.shape)
+        return func(a, axes=(-2, -1), norm="ortho", overwrite_x=True, **self._kw)

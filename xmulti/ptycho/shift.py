@@ -14,7 +14,7 @@ import numpy as np
 
 from .fft import FFT2
 
-__all__ = ["is_integral", "shift_ramps", "shift_images", "shifted_probes", "unshift_sum"]
+__all__ = ["is_integral", "ramp_vectors", "shift_ramps", "shift_images", "shifted_probes", "unshift_sum"]
 
 # shifts below this (pixels) are treated as zero: a 1e-4 px shift changes a pixel by < 1e-3 of
 # the local gradient, far below the noise of any measured pattern
@@ -27,17 +27,33 @@ def is_integral(frac: np.ndarray, tol: float = _TOL_PX) -> bool:
     return bool(np.all(np.minimum(np.abs(f), np.abs(1.0 - f)) <= tol))
 
 
+def ramp_vectors(frac: np.ndarray, shape: int | tuple[int, int], xp: ModuleType = np) -> tuple[Any, Any]:
+    """The separable factors ``exp(-2 pi i k_y f_y)`` (B, Ny) and ``exp(-2 pi i k_x f_x)`` (B, Nx).
+
+    ``k = fftfreq(N)`` (cycles per pixel), ``f = frac (B, 2)`` (pixels); complex64. The phase is
+    reduced modulo one turn in float64 before the float32 cosine and sine, so it keeps float32
+    precision whatever the shift.
+    """
+    ny, nx = (shape, shape) if np.isscalar(shape) else shape
+    f = np.asarray(frac, dtype=np.float64)
+    out = []
+    for axis, size in ((0, ny), (1, nx)):
+        turns = f[:, axis, None] * np.fft.fftfreq(size)[None, :]
+        turns -= np.round(turns)
+        angle = (-2 * np.pi * turns).astype(np.float32)
+        r = np.empty(angle.shape, np.complex64)
+        r.real = np.cos(angle)
+        r.imag = np.sin(angle)
+        out.append(xp.asarray(r))
+    return out[0], out[1]
+
+
 def shift_ramps(frac: np.ndarray, shape: int | tuple[int, int], xp: ModuleType = np) -> Any:
     """Phase ramps ``exp(-2 pi i (ky fy + kx fx))`` for shifts ``frac (B, 2)``: (B, Ny, Nx) complex64.
 
     ``shape`` is (Ny, Nx), or N for square images.
     """
-    ny, nx = (shape, shape) if np.isscalar(shape) else shape
-    fy = np.asarray(frac, dtype=np.float64)[:, 0, None] * np.fft.fftfreq(ny)[None, :]
-    fx = np.asarray(frac, dtype=np.float64)[:, 1, None] * np.fft.fftfreq(nx)[None, :]
-    # separable: two small (B, N) exponentials, one complex64 outer product
-    ry = xp.asarray(np.exp(-2j * np.pi * fy).astype(np.complex64))
-    rx = xp.asarray(np.exp(-2j * np.pi * fx).astype(np.complex64))
+    ry, rx = ramp_vectors(frac, shape, xp)
     return ry[:, :, None] * rx[:, None, :]
 
 
@@ -61,17 +77,21 @@ def shifted_probes(probe_spectrum: Any, frac: np.ndarray, fft: FFT2) -> Any:
         ``fft2(probe, norm="ortho")`` of the probe modes, computed once per batch.
     frac : ndarray (B, 2)
         Shift of each position (pixels).
+    fft : FFT2
 
     Returns
     -------
     array (B, K, N, N) complex64
+        One inverse FFT per position and mode (the cost of honouring subpixel positions).
     """
-    ramps = shift_ramps(frac, probe_spectrum.shape[-2:], fft.xp)
-    if probe_spectrum.shape[0] == 1:
-        ramps *= probe_spectrum[0]  # in place: one pass less than a new product
-        out = ramps[:, None]
-    else:
-        out = probe_spectrum[None, :, :, :] * ramps[:, None, :, :]
+    xp = fft.xp
+    ry, rx = ramp_vectors(frac, probe_spectrum.shape[-2:], xp)
+    k = probe_spectrum.shape[0]
+    out = xp.empty((len(ry), k) + probe_spectrum.shape[1:], np.complex64)
+    # spectrum x ramp_y first (broadcast over positions), then x ramp_x in place: two passes,
+    # no (B, N, N) ramp array (building one by broadcasting was the slowest step)
+    xp.multiply(probe_spectrum[None], ry[:, None, :, None], out=out)
+    out *= rx[:, None, None, :]
     return fft.inverse(out)
 
 
@@ -82,8 +102,15 @@ def unshift_sum(images: Any, frac: np.ndarray, fft: FFT2, overwrite: bool = Fals
     to the probe's frame; the sum is done in Fourier space so only one inverse FFT is paid.
     With ``overwrite`` the FFT works in ``images``' memory (a temporary of the caller).
     """
-    # the ramps of -frac are the conjugates of those of +frac: built directly, no extra pass
-    ramps = shift_ramps(-np.asarray(frac), images.shape[-2:], fft.xp)
+    xp = fft.xp
+    bsz, k, ny, nx = images.shape
+    # the ramps of -frac are the conjugates of those of +frac
+    ry, rx = ramp_vectors(-np.asarray(frac, dtype=np.float64), (ny, nx), xp)
     spec = fft.forward(images if overwrite else images.copy())
-    spec *= ramps[:, None, :, :]
-    return fft.inverse(spec.sum(axis=0))
+    spec *= rx[:, None, None, :]
+    # sum_b ry[b, y] spec[b, :, y, :] for every row y: one batched matrix product (BLAS) does
+    # the y ramp and the sum over positions together
+    rows = spec.reshape(bsz, k, ny, nx).transpose(2, 0, 1, 3).reshape(ny, bsz, k * nx)
+    out = xp.matmul(ry.T[:, None, :], rows)  # (ny, 1, k*nx)
+    out = xp.ascontiguousarray(out.reshape(ny, k, nx).transpose(1, 0, 2))
+    return fft.inverse(out)

@@ -81,7 +81,8 @@ def object_sums(
         else:
             upd = (xp.conj(work.probes) * work.chi).sum(axis=1)
         illum = xp.zeros(shape, np.float32)
-        accumulate_patches(illum, power(work.probes, axis=1), local)
+        probes = work.probes[:, 0] if work.probes.shape[1] == 1 else work.probes
+        accumulate_patches(illum, power(probes, axis=None if probes.ndim == 3 else 1), local)
     num = xp.zeros(shape, np.complex64)
     accumulate_patches(num, upd, local)
     return box, num, illum, local
@@ -95,12 +96,14 @@ def probe_sums(work: BatchWork, fft: FFT2) -> tuple[Any, Any]:
     xp = fft.xp
     chi = work.chi
     conj_patches = xp.conj(work.patches)
-    if work.shared_probe:
-        if chi.shape[1] == 1:
-            num = (conj_patches * chi[:, 0]).sum(axis=0)[None]
-        else:
-            num = (conj_patches[:, None] * chi).sum(axis=0)
+    if chi.shape[1] == 1:
+        # conj(O_j) chi_j formed in the conjugate's buffer (a temporary): no further allocation
+        per_position = xp.multiply(conj_patches, chi[:, 0], out=conj_patches)[:, None]
     else:
-        num = unshift_sum(conj_patches[:, None] * chi, work.frac, fft, overwrite=True)
+        per_position = conj_patches[:, None] * chi
+    if work.shared_probe:
+        num = per_position.sum(axis=0)
+    else:
+        num = unshift_sum(per_position, work.frac, fft, overwrite=True)
     den = power(work.patches, axis=0)
     return num, den
