@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,6 +212,17 @@ def test_bad_output_and_config(scan_file, tmp_path):
     config.write_text("xrf:\n  elemnts: [Fe]\n")
     with pytest.raises(InvalidInputError, match="xrf: unknown key"):
         load_options(config)
+    # values of the right type that bound memory, out of range: one error naming the key
+    config.write_text("chunk_positions: 0\n")
+    result = xmulti("run", scan_file, "--out", tmp_path / "r.zarr", "--config", config)
+    assert result.returncode == 2 and "chunk_positions: must be >= 1, got 0" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "r.zarr").exists()
+    for text, message in (("chunk_positions: -5\n", "chunk_positions: must be >= 1, got -5"),
+                          ("ptycho:\n  max_tile_positions: 0\n", "ptycho.max_tile_positions: must be >= 1, got 0"),
+                          ("correlate:\n  max_pixels: 100\n", "correlate.max_pixels: must be >= 1024, got 100")):
+        config.write_text(text)
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            load_options(config)
 
 
 def test_unwritable_output_location(scan_file, tmp_path):

@@ -9,7 +9,14 @@ import pytest
 import xarray as xr
 
 from xmulti.errors import InvalidInputError
-from xmulti.io.results import create_store, provenance, read_group, stage_is_done, write_group
+from xmulti.io.results import (
+    create_store,
+    has_group,
+    provenance,
+    read_group,
+    stage_is_done,
+    write_group,
+)
 
 
 def _maps():
@@ -57,6 +64,9 @@ def test_failed_write_leaves_previous_group_intact(tmp_path):
         write_group(store, "/xrf/elemental_maps", bad)
     assert set(read_group(store, "/xrf/elemental_maps").data_vars) == {"Fe", "Zn"}
     assert not list(tmp_path.glob("*.partial"))
+    # only whole groups exist: the failed one is not there, its parent is no result group
+    assert has_group(store, "/xrf/elemental_maps") and has_group(store, "xrf/elemental_maps")
+    assert not has_group(store, "/reconstructed") and not has_group(tmp_path / "absent.zarr", "/xrf")
 
 
 def test_refuses_a_path_that_is_not_an_xmulti_store(tmp_path):

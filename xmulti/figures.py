@@ -37,6 +37,7 @@ def write_figures(
     out_dir: str | os.PathLike,
     overlays: Sequence[Sequence[str]] | None = None,
     illumination_threshold: float = 0.05,
+    max_pixels: int = 1 << 20,
 ) -> dict[str, Path]:
     """Overlay PNGs (elements over the phase, RGB composite) and ``regions.csv`` of a store.
 
@@ -52,6 +53,9 @@ def write_figures(
         present in the maps.
     illumination_threshold : float
         Phase pixels that saw less than this fraction of the peak illumination are blank.
+    max_pixels : int
+        A larger phase is shown block-averaged to at most this many pixels (read chunk by
+        chunk, :mod:`xmulti.working_grid`): more than a figure shows, and memory stays bounded.
 
     Returns
     -------
@@ -61,14 +65,14 @@ def write_figures(
     import matplotlib.pyplot as plt
 
     from .io.results import read_group
-    from .stages import load_phase_and_maps, mask_unilluminated
+    from .stages import load_working_images, mask_unilluminated
     from .viz import overlay_figure, save_figure
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    phase, maps, recon = load_phase_and_maps(store)
+    phase, maps, recon, _, _ = load_working_images(store, max_pixels)
     phase = mask_unilluminated(phase, recon, illumination_threshold)
     written: dict[str, Path] = {}
     for elements in overlays or DEFAULT_OVERLAYS:

@@ -131,6 +131,10 @@ class CorrelateOptions:
         XRF map that grows with matter (e.g. ``compton``) to check the XRF-phase residual shift.
     correct_shift : bool
         Move the maps by the residual shift found.
+    max_pixels : int
+        Largest image the stage segments and tabulates: a larger phase is block-averaged by the
+        smallest integer factor that brings it under this many pixels (read chunk by chunk), so
+        the stage's memory does not grow with the scan (:mod:`xmulti.working_grid`).
     """
 
     elements: list[str] | None = None
@@ -142,8 +146,11 @@ class CorrelateOptions:
     illumination_threshold: float = 0.05
     shift_reference: str | None = None
     correct_shift: bool = False
+    max_pixels: int = 1 << 20
 
     def check(self) -> None:
+        if self.max_pixels < 1024:
+            raise InvalidInputError(f"correlate.max_pixels: must be >= 1024, got {self.max_pixels}")
         if self.method not in ("otsu", "multiotsu", "local"):
             raise InvalidInputError(f"correlate.method: must be otsu, multiotsu or local, got {self.method!r}")
         if self.correct_shift and not self.shift_reference:

@@ -21,6 +21,7 @@ __all__ = [
     "reconstruct_groups",
     "correlate_groups",
     "load_phase_and_maps",
+    "load_working_images",
     "mask_unilluminated",
     "auto_tiles",
 ]
@@ -61,15 +62,14 @@ def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], 
     diagnostics = result.drop_vars(element_vars)
     groups = {"/xrf/elemental_maps": maps, "/xrf/fit": diagnostics}
     if options.standard is not None:
-        from .xrf.standard import fit_standard, quantify_maps, read_standard_info
+        from .xrf.standard import quantify_against_standard, read_standard_info
 
         densities = (read_standard_info(options.standard_info) if options.standard_info is not None
                      else dict(options.standard_densities))
         if log is not None:
             log(f"  fit-xrf: quantifying against the standard {options.standard}")
-        standard = fit_standard(options.standard, densities, list(result.attrs.get("elements", [])),
-                                background=options.background)
-        groups["/xrf/areal_density"] = quantify_maps(result, standard)
+        groups["/xrf/areal_density"] = quantify_against_standard(
+            result, result.attrs.get("elements", []), options.standard, densities, background=options.background)
     return groups
 
 
@@ -91,15 +91,17 @@ def reconstruct_groups(tree, options: PtychoOptions, client=None, log: Callable[
         if log is not None and options.tiles is None:
             log(f"  reconstruct: {tiles[0]}x{tiles[1]} tiles (at most {options.max_tile_positions} positions each)")
         tiled = {"tiles": tiles, "halo_um": options.halo_um, "sync_every": options.sync_every, "client": client}
-    result = reconstruct(
-        tree,
-        engine=options.engine,
-        iterations=options.iterations,
-        probe_modes=options.probe_modes,
-        position_correction=options.position_correction,
-        progress=report,
-        **tiled,
-    )
+    common = {"engine": options.engine, "iterations": options.iterations, "probe_modes": options.probe_modes,
+              "position_correction": options.position_correction, "progress": report}
+    if tiled and client is not None:
+        # the images stay Dask arrays blended on the workers: the results writer stores them
+        # shard by shard from there, so the client never holds the object
+        from .ptycho.reconstruct import _ptycho_dataset
+        from .ptycho.tiled import reconstruct_tiled
+
+        result = reconstruct_tiled(_ptycho_dataset(tree), **common, **tiled, lazy=True)
+    else:
+        result = reconstruct(tree, **common, **tiled)
     result.attrs["energy_keV"] = float(tree["ptychography"].attrs["energy_keV"])
     return {"/reconstructed": result}
 
@@ -146,6 +148,46 @@ def load_phase_and_maps(store: str | os.PathLike):
     if "phase" not in recon:
         raise InvalidInputError(f"{store}: /reconstructed has no phase")
     return recon["phase"], maps, recon
+
+
+def load_working_images(store: str | os.PathLike, max_pixels: int):
+    """The phase and illumination of a results store on a working grid of at most ``max_pixels``
+    pixels (:mod:`xmulti.working_grid`), the probe binned onto it, and the element maps.
+
+    The images are read and block-averaged chunk by chunk (on the Dask workers under a
+    distributed client); only the working copies are loaded here.
+
+    Returns
+    -------
+    phase : xarray.DataArray (y, x)
+        On the working grid (rad).
+    maps : xarray.Dataset
+        Element maps (scan grid), loaded.
+    recon : xarray.Dataset
+        ``phase``, ``illumination`` (when stored) on the working grid and ``probe`` binned onto
+        it, with the store's attributes.
+    factor : int
+        Working pixel over phase pixel (1: the phase itself).
+    full : xarray.Dataset
+        The stored ``/reconstructed`` group, lazy.
+    """
+    import xarray as xr
+
+    from .io.results import read_group
+    from .working_grid import coarse_probe, coarsen_images, working_factor
+
+    maps = read_group(store, "/xrf/elemental_maps").load()
+    full = read_group(store, "/reconstructed")
+    if "phase" not in full:
+        raise InvalidInputError(f"{store}: /reconstructed has no phase")
+    factor = working_factor(full["phase"].shape, max_pixels)
+    names = ["phase"] + (["illumination"] if "illumination" in full else [])
+    recon = coarsen_images(full[names], factor).load()
+    if "probe" in full:
+        recon["probe"] = xr.DataArray(coarse_probe(full["probe"].values, factor), dims=("probe_y", "probe_x"),
+                                      attrs={"binned_by": factor})
+    recon.attrs = dict(full.attrs)
+    return recon["phase"], maps, recon, factor, full
 
 
 def mask_unilluminated(phase, recon, threshold: float):
@@ -197,6 +239,23 @@ def _shift_check(options: CorrelateOptions, maps, phase, probe, diagnostics, log
     return (correct_shift(maps, estimate.shift_um) if options.correct_shift else maps), record
 
 
+def _labels_on_phase_grid(labels, factor: int, full):
+    """Working-grid labels on the stored phase grid: themselves, or expanded block by block (lazy,
+    chunked as the stored phase, so they are written shard by shard)."""
+    import xarray as xr
+
+    from .working_grid import expand_labels_lazy
+
+    if factor == 1:
+        return labels
+    phase = full["phase"]
+    chunks = phase.chunks or tuple((n,) for n in phase.shape)
+    data = expand_labels_lazy(labels.values, factor, phase.shape, chunks)
+    attrs = {**labels.attrs, "working_pixel_factor": factor,
+             "note": f"found on the phase block-averaged {factor}x{factor}; each pixel has its working pixel's label"}
+    return xr.DataArray(data, dims=("y", "x"), coords={"y": phase["y"], "x": phase["x"]}, name="labels", attrs=attrs)
+
+
 def correlate_groups(
     store: str | os.PathLike,
     options: CorrelateOptions,
@@ -224,7 +283,10 @@ def correlate_groups(
     )
     from .io.results import read_group
 
-    phase, maps, recon = load_phase_and_maps(store)
+    phase, maps, recon, factor, full = load_working_images(store, options.max_pixels)
+    if log is not None and factor > 1:
+        log(f"  correlate: phase {full.sizes['y']}x{full.sizes['x']} block-averaged {factor}x{factor} to "
+            f"{phase.sizes['y']}x{phase.sizes['x']} for segmentation and statistics (correlate.max_pixels)")
     elements = select_elements(maps, ",".join(options.elements) if options.elements else None)
     groups = [maps, recon]
     uncertainty = diagnostics = None
@@ -252,8 +314,9 @@ def correlate_groups(
                                    matrix=options.matrix, embedding=options.embedding)
     regions = regions_to_dataset(table)
     regions.attrs.update(shift_record)
+    regions.attrs["working_pixel_factor"] = factor
     out = {
-        "/correlation/labels": labels.to_dataset(),
+        "/correlation/labels": _labels_on_phase_grid(labels, factor, full).to_dataset(),
         "/correlation/regions": regions,
         "/correlation/pixelwise": correlations_to_dataset(pixelwise),
     }

@@ -104,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
     write_results(args.out, "/xrf/fit", diagnostics, prov)
     density = None
     if densities is not None:
-        from ..xrf.standard import fit_standard, quantify_maps
+        from ..xrf.standard import quantify_against_standard
 
-        standard = fit_standard(args.standard, densities, result.elements, background=args.background,
-                                n_continuum=args.n_continuum, energy_range_keV=energy_range)
-        density = quantify_maps(maps, standard)
+        density = quantify_against_standard(maps, result.elements, args.standard, densities,
+                                            background=args.background, n_continuum=args.n_continuum,
+                                            energy_range_keV=energy_range)
         write_results(args.out, "/xrf/areal_density", density, prov)
 
     cal = result.calibration

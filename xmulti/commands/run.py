@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
         log(f"wrote {', '.join(written)} into {args.scan}")
     if args.figures:
         from ..figures import write_figures
+        from ..io.results import has_group
 
-        needed = [g for g in ("xrf/elemental_maps", "reconstructed") if not (store / g / "zarr.json").is_file()]
+        needed = [g for g in ("xrf/elemental_maps", "reconstructed") if not has_group(store, g)]
         if needed:
             log(f"figures: skipped (the store has no /{', /'.join(needed)})")
         else:

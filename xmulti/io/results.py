@@ -31,6 +31,7 @@ __all__ = [
     "create_store",
     "write_group",
     "read_group",
+    "has_group",
     "provenance",
     "file_checksum",
     "stage_is_done",
@@ -209,6 +210,11 @@ def _consolidate(store: Path) -> None:
         zarr.consolidate_metadata(str(store))
 
 
+def has_group(store: str | os.PathLike, group: str) -> bool:
+    """True when the results store holds the (complete: groups appear whole) group ``group``."""
+    return Path(store).joinpath(*group.strip("/").split("/"), "zarr.json").is_file()
+
+
 def read_group(store: str | os.PathLike, group: str):
     """Open one result group as an ``xarray.Dataset`` (lazy)."""
     import xarray as xr
@@ -216,7 +222,7 @@ def read_group(store: str | os.PathLike, group: str):
     store = Path(store)
     if not _is_xmulti_store(store):
         raise InvalidInputError(f"{store}: not an xmulti results store")
-    if not store.joinpath(*group.strip("/").split("/"), "zarr.json").is_file():
+    if not has_group(store, group):
         raise InvalidInputError(f"{store}: {group}: no such result group")
     return xr.open_zarr(str(store), group=group.strip("/"), consolidated=False, zarr_format=3)
 

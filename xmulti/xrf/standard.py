@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from .quantify import StandardCalibration, areal_density_maps, calibrate_standard
 
-__all__ = ["read_standard_info", "parse_densities", "fit_standard", "quantify_maps"]
+__all__ = ["read_standard_info", "parse_densities", "fit_standard", "quantify_maps", "quantify_against_standard"]
 
 
 def read_standard_info(path: str | os.PathLike) -> dict[str, float]:
@@ -119,3 +119,32 @@ def quantify_maps(maps, standard: StandardCalibration):
         f"{el}={value:.6g}" for el, value in standard.measured.items()
     ]
     return density
+
+
+def quantify_against_standard(maps, elements: Sequence[str], standard_scan, densities_ug_cm2: Mapping[str, float],
+                              **fit_options):
+    """``/xrf/areal_density`` of the sample: the standard fitted as the sample was, then its
+    sensitivities applied to the sample's maps (what ``xmulti fit-xrf --standard`` and the
+    pipeline's fit-xrf stage both do).
+
+    Parameters
+    ----------
+    maps : xarray.Dataset
+        The sample's fitted maps, normalised by i0 (:func:`xmulti.xrf.maps.fit_xrf`).
+    elements : sequence of str
+        The sample's fitted elements.
+    standard_scan : str, path or DataTree
+        The standard's scan.
+    densities_ug_cm2 : mapping of str to float
+        Its certified areal densities (ug/cm2).
+    **fit_options
+        The sample's fit options (``background``, ``n_continuum``, ``energy_range_keV``...), so
+        the standard is fitted with the same model.
+
+    Returns
+    -------
+    xarray.Dataset
+        Areal densities (ug/cm2), see :func:`quantify_maps`.
+    """
+    standard = fit_standard(standard_scan, densities_ug_cm2, list(elements), **fit_options)
+    return quantify_maps(maps, standard)
