@@ -13,7 +13,10 @@ Figures, each measured in this run:
   mode of every tile, halo duplicates included, i.e. the FFTs one epoch cannot avoid; with
   ``w`` workers the floor is that divided by ``w``;
 - speed-up: time per epoch on 1 worker / on 2 workers (target >= 1.7 on 2 cores);
-- client time per round: the probe sharing and overlap exchange done on the client (serial);
+- client time per round: the wall time the client waits in a synchronisation (the alignment's
+  pair tasks on the overlap strips, submitting the overlap exchange, the probe sharing); the
+  exchange itself runs on the workers, ahead of the next round's tile tasks (the final alignment
+  before the stitch is counted too);
 - peak worker memory: the largest ``VmHWM`` of the worker processes over the reconstruction
   (reset after the cluster starts), next to the bytes of one tile's frames and of the scan's.
 
@@ -69,7 +72,7 @@ def _peak_bytes() -> int:
 
 
 class _ClientClock:
-    """Accumulates the time spent in the client-side synchronisation (probe sharing, exchange)."""
+    """Accumulates the time the client spends in the synchronisation (alignment, exchange, probe)."""
 
     def __init__(self):
         self.seconds = 0.0
@@ -84,7 +87,7 @@ class _ClientClock:
                 return original(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - t
-                self.calls += name == "_exchange_overlaps"
+                self.calls += name == "exchange_on_cluster"
 
         setattr(distributed, name, timed)
         return original
@@ -98,7 +101,7 @@ def run(tree, workers: int, tiles, epochs: int, sync_every: int | None, resident
     probe = tree["truth"].ds["probe"].values
     stamps: list[tuple[int, float]] = []
     clock = _ClientClock()
-    originals = {name: clock.wrap(name) for name in ("_exchange_overlaps", "shared_probe")}
+    originals = {name: clock.wrap(name) for name in ("align_on_cluster", "exchange_on_cluster", "shared_probe")}
     try:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                           silence_logs=40, memory_limit=0) as cluster, Client(cluster) as client:

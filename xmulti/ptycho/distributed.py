@@ -144,6 +144,11 @@ def _shared_velocity(velocities: list, factors: list[complex], counts: list[int]
     return mean.astype(np.complex64)
 
 
+def _initial_state(shape: tuple[int, int], probe: np.ndarray, positions_px: np.ndarray, probe_support) -> ReconState:
+    """Task: a tile's starting state (a flat object, the start probe)."""
+    return ReconState(np.ones(shape, np.complex64), probe.copy(), positions_px, probe_support=probe_support)
+
+
 def _summary(run: TileRun):
     """Task: what the client needs of a tile after a round (errors, probe, probe momentum,
     positions), not its object."""
@@ -257,10 +262,9 @@ def reconstruct_tiles(
             # a small task argument (file path and chunk indices), never a worker-held result
             frames.append(_LazyFrames(counts, mask, saturation, clip_negative))
     probe = np.asarray(initial_probe, np.complex64)
-    states = []
-    for tile in tiles:
-        local = positions_px[tile.members] - np.asarray(tile.offset)
-        states.append(ReconState(np.ones(tile.shape, np.complex64), probe.copy(), local, probe_support=probe_support))
+    # the starting states are made on the workers: the client never holds the tiles' objects
+    states = [client.submit(_initial_state, tile.shape, probe, positions_px[tile.members] - np.asarray(tile.offset),
+                            probe_support, pure=True) for tile in tiles]
     step = iterations if sync_every is None else sync_every
     weights = [len(t.members) for t in tiles]
     errors: list[float] = []

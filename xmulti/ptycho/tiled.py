@@ -152,7 +152,13 @@ def reconstruct_tiled(
                     raise InvalidInputError(f"probe_diameter_um must be positive, got {probe_diameter_um}")
                 d = probe_diameter_um / dx_um
                 diameters = (d, -d)
-            _, diameter = search_probe(frames, positions_px[subset], shape, diameters)
+            # the trial object covers only the subset's windows, not the whole object grid (so the
+            # client's memory does not grow with the scan; the trials are the same)
+            corners = np.floor(positions_px[subset] - n // 2).astype(int)
+            lo = np.maximum(corners.min(axis=0) - margin, 0)
+            hi = np.minimum(corners.max(axis=0) + n + 1 + margin, shape)
+            _, diameter = search_probe(frames, positions_px[subset] - lo, (int(hi[0] - lo[0]), int(hi[1] - lo[1])),
+                                       diameters)
             # the start itself from the pupil of *all* frames, as in one process (the subset's
             # mean pattern carries its own scattering: a start that differs slows convergence)
             start = defocused_pupil_probe(pupil_from_data(mean_pattern), diameter)[None]
