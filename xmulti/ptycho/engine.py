@@ -18,7 +18,7 @@ from .data import Frames
 from .fft import FFT2, get_xp
 from .forward import check_windows, window_corners
 from .lsqml import LsqmlAccumulator, lsqml_update
-from .positions import clip_positions, position_shifts
+from .positions import clip_positions, refine_shifts, search_shifts
 from .probe import orthogonalize_modes
 from .rpie import rpie_update
 from .state import EngineOptions, ReconState
@@ -100,6 +100,19 @@ def _flux_factors(factors: np.ndarray, neighbours: tuple) -> np.ndarray:
     return out / out.mean()
 
 
+def _search_positions(state: ReconState, frames: Frames, usable: np.ndarray, fft: FFT2, chunk: int,
+                      radius: int) -> None:
+    """Move windows stuck outside their misfit basin (:func:`~xmulti.ptycho.positions.search_shifts`)."""
+    n = state.probe.shape[-1]
+    for c in range(0, len(usable), chunk):
+        cidx = usable[c : c + chunk]
+        scale = None if state.intensity_scale is None else np.sqrt(state.intensity_scale[cidx])
+        moves = search_shifts(state.obj, state.probe, state.positions_px[cidx], frames.amplitude[cidx], fft,
+                              scale, radius_px=radius, step_px=max(1, radius // 2))
+        state.positions_px[cidx] += moves
+    state.positions_px = clip_positions(state.positions_px, n, state.obj.shape)
+
+
 def run_engine(
     state: ReconState,
     frames: Frames,
@@ -175,6 +188,9 @@ def run_engine(
         if opts.momentum > 0:
             before = (state.obj.copy(), state.probe.copy())
         size = min(opts.batch_size, opts.position_batch_size) if correct else opts.batch_size
+        every = opts.position_search_every
+        if correct and every > 0 and state.epoch > opts.position_start and (state.epoch - opts.position_start) % every == 0:
+            _search_positions(state, frames, usable, fft, chunk, opts.position_search_radius_px)
         for start in range(0, len(order), size):
             idx = np.sort(order[start : start + size])
             acc = LsqmlAccumulator(state, len(idx), update_probe, fft.xp) if engine == "lsqml" else None
@@ -188,8 +204,9 @@ def run_engine(
                 norm += work.norm
                 if correct:
                     scale = None if state.intensity_scale is None else np.sqrt(state.intensity_scale[cidx])
-                    shifts, strength = position_shifts(
-                        work, fft.xp, pos_floor, frames.amplitude[cidx], fft, scale
+                    shifts, strength = refine_shifts(
+                        work, state.obj, state.probe, state.positions_px[cidx], frames.amplitude[cidx],
+                        fft, pos_floor, scale, opts.position_iterations, opts.position_step_px,
                     )
                     strengths.append((cidx, strength))
                     moves.append((cidx, shifts))

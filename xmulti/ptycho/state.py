@@ -117,6 +117,17 @@ class EngineOptions:
     position_reg : float
         Regularisation of the position shifts, a fraction of the typical gradient strength
         (keeps windows over featureless regions in place).
+    position_iterations : int
+        Gauss-Newton steps per position update, re-linearised at the moved window against the
+        current object (see :func:`xmulti.ptycho.positions.refine_shifts`; 1 = one step).
+    position_step_px : float
+        Largest move of a window per Gauss-Newton step, pixels.
+    position_search_every : int
+        Every this many epochs of position correction, windows that fit much worse than the
+        others try a grid of integral offsets (:func:`xmulti.ptycho.positions.search_shifts`);
+        0 disables it.
+    position_search_radius_px : int
+        Half width of that grid, pixels (offsets in steps of half of it).
     intensity_correction : bool
         Fit the incident intensity of every frame (beam-flux fluctuations; Odstrcil et al.
         2018, Sec. 2.7), from epoch ``intensity_start``.
@@ -144,6 +155,10 @@ class EngineOptions:
     position_step: float = 0.5
     max_shift_px: float = 0.5
     position_reg: float = 0.1
+    position_iterations: int = 1
+    position_step_px: float = 1.0
+    position_search_every: int = 20
+    position_search_radius_px: int = 4
     intensity_correction: bool = True
     intensity_start: int = 1
     orthogonalize_every: int = 1
