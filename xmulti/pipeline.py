@@ -152,7 +152,42 @@ def run_pipeline(
         reports.append(StageReport(name, "done", seconds, list(results)))
         if log:
             log(f"{name}: done in {seconds:.1f} s -> {', '.join(results)}")
+        # the results are in the store: drop them (lazy ones hold the tiles on the workers) and
+        # give the freed memory back, so the next stage starts from the same footprint whatever
+        # this one's size
+        del results
+        _release_memory(client)
     return reports
+
+
+def _malloc_trim() -> bool:
+    """Return freed heap memory of this process to the system (glibc ``malloc_trim``); False
+    where there is none."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
+
+
+def _release_memory(client) -> None:
+    """Collect garbage and trim the heap of the client and of every worker between stages."""
+    import gc
+
+    gc.collect()
+    _malloc_trim()
+    if client is not None:
+        try:
+            client.run(_malloc_trim)
+        except (OSError, TimeoutError):  # a worker gone: nothing to release there
+            pass
 
 
 def summary_table(reports: list[StageReport]) -> str:

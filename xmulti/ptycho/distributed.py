@@ -99,12 +99,15 @@ class _LazyFrames:
         return prepare_frames(counts, self.mask, self.saturation, self.clip_negative)
 
 
-def _run_tile(frames: Frames | _LazyFrames, state: ReconState, engine: str, epochs: int, options: EngineOptions) -> TileRun:
+def _run_tile(frames: Frames | _LazyFrames, state: ReconState, engine: str, epochs: int, options: EngineOptions,
+              last: bool = False) -> TileRun:
     """Task: ``epochs`` epochs of the engine on one tile.
 
     A pure function: the input state is copied (a recomputed task must see the same input), and
     the momentum is handed back with the result so the next round continues it as one process
     would (restarting the momentum every round slows the convergence of the low frequencies).
+    After the ``last`` round it is dropped: the stitch does not need it, and the workers hold
+    every finished tile until the stitch.
     """
     if isinstance(frames, _LazyFrames):
         frames = frames.load()
@@ -113,6 +116,8 @@ def _run_tile(frames: Frames | _LazyFrames, state: ReconState, engine: str, epoc
     if velocity is not None:
         state.velocity = (velocity[0].copy(), velocity[1].copy())
     run_engine(state, frames, engine, epochs, options, FFT2(np, _worker_threads()))
+    if last:
+        state.velocity = None
     return TileRun(state, illumination_map(state.probe, state.positions_px, state.obj.shape))
 
 
@@ -276,9 +281,10 @@ def reconstruct_tiles(
         # the runs stay on the workers; only their summaries come to the client
         runs = [
             client.submit(_run_tile, frames[t], states[t], engine, epochs,
-                          replace(opts, seed=opts.seed + 1009 * t), pure=True)
+                          replace(opts, seed=opts.seed + 1009 * t), done + epochs >= iterations, pure=True)
             for t in range(len(tiles))
         ]
+        states = []  # the scheduler keeps them while the runs need them (and to recompute a lost run)
         summaries = client.gather([client.submit(_summary, r, pure=True) for r in runs])
         for k in range(epochs):
             errors.append(float(sum(w * s[0][done + k] for w, s in zip(weights, summaries, strict=True)) / sum(weights)))

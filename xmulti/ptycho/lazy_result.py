@@ -144,13 +144,16 @@ def masked_percentile(values, mask, q: float, compute) -> float:
         lo, hi = float(ranges[:, 0].min()), float(ranges[:, 1].max())
 
 
-def normalization_factor(obj, illumination, compute, percentile: float = 98.0) -> complex:
+def normalization_factor(obj, illumination, compute, percentile: float = 98.0,
+                         illumination_max: float | None = None) -> complex:
     """The factor :func:`xmulti.ptycho.reconstruct.normalize_ambiguities` multiplies the object by
     (phase ``percentile`` at 0 and amplitude ``percentile`` at 1 on the well-illuminated region),
-    from Dask arrays by reductions."""
+    from Dask arrays by reductions (``illumination_max``: the illumination's maximum, if known)."""
     import dask.array as da
 
-    region = illumination >= 0.1 * illumination.max()
+    if illumination_max is None:
+        (illumination_max,) = compute(illumination.max())
+    region = illumination >= 0.1 * np.float32(illumination_max)
     total, count = compute(da.where(region, obj, 0).astype(np.complex128).sum(), region.sum())
     mean = complex(total) / max(int(count), 1)
     rotated = da.angle(obj * np.complex128(np.exp(-1j * np.angle(mean))))
@@ -168,8 +171,8 @@ def lazy_result_dataset(obj, probe, positions_px, errors, origin, dx_um: float, 
 
     shape = obj.shape
     illum = illumination_blocks(probe, positions_px, shape, block)
-    factor = np.complex64(normalization_factor(obj, illum, compute))
     (illum_max,) = compute(illum.max())
+    factor = np.complex64(normalization_factor(obj, illum, compute, illumination_max=float(illum_max)))
     obj = obj * factor
     probe_out = probe / factor
     y = origin[0] + dx_um * np.arange(shape[0])

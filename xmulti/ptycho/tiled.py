@@ -5,7 +5,9 @@ single-process :func:`xmulti.ptycho.reconstruct.reconstruct` does, but without l
 on the client: the photon counts, the mean pattern and the per-frame contrast are Dask reductions
 on the workers, and the probe search (when no probe is given) looks at the frames of at most 64
 positions around the most strongly scattering one. The tiles then run on the cluster
-(:func:`xmulti.ptycho.distributed.reconstruct_tiles`).
+(:func:`xmulti.ptycho.distributed.reconstruct_tiles`), and the stitched images are Dask arrays
+blended and normalised block by block on the workers (:mod:`xmulti.ptycho.lazy_result`): with
+``lazy=True`` they stay there until written.
 """
 
 from __future__ import annotations
