@@ -1,4 +1,4 @@
-"""Resolution bridging: element maps on the phase grid vs simulated truth, and solve time vs its FFT floor.
+"""Resolution bridging: element maps on the phase grid vs simulated truth, and solve time vs a floor.
 
 For each element: NRMSE against the true composition on the object grid (in map units:
 composition times the counts per ug/cm2 fitted between the noise-free counts and the
@@ -6,19 +6,23 @@ footprint-weighted truth), over the pixels the interpolated map covers (the scan
 
 - ``interp``: the XRF map interpolated onto the phase grid (:func:`interpolate_map`);
 - ``RL``: Richardson-Lucy with the probe intensity, stopped by the discrepancy principle;
-- ``guided``: :func:`guided_solve` (Poisson + phase-guided directional smoothness);
+- ``struct``: the structure model alone (``bridge_resolution(method="structure", blend=False)``);
+- ``final``: the default, the structure model mixed with RL by held-out prediction (``w``: the
+  structure model's weight);
+- ``guided`` (with ``--guided``): the pixel-level phase-guided Poisson MAP;
 
-and the ratio guided / interp. Two input sets: the true probe and phase, and the probe and
-phase of an :func:`xmulti.reconstruct` run on the same scan (its result is interpolated onto the
-truth grid for the comparison). Maps: Poisson draws of the simulator's expected counts (no beam
-fluctuation or dead time, so the maps are counts).
+and the ratios final / interp and final / RL. Two input sets: the true probe and phase, and the
+probe and phase of an :func:`xmulti.reconstruct` run on the same scan (its result is
+interpolated onto the truth grid for the comparison). Maps: Poisson draws of the simulator's
+expected counts (no beam fluctuation or dead time, so the maps are counts).
 
-Speed: the guided solve's time as a ratio to its floor, the FFTs of one ``A`` + ``A^T``
-application (four real FFTs of the zero-padded grid) times the L-BFGS-B iteration count,
-measured in the same run (minimum of repeats). ``ffts/floor`` is the ratio of the FFTs actually
-done (line searches evaluate more than once per iteration) to that floor's FFT count.
+Speed: time per element of the default method as a ratio to the time of one Richardson-Lucy
+solve of the same element (the deconvolution baseline), both measured in this run; the structure
+model's shared setup (footprint matrix, data-space covariances) is timed once per input set as a
+ratio to one A + A^T application's FFTs (four real FFTs of the padded grid).
 
-Run: ``python benchmarks/bench_bridge.py [--quick] [--iterations N]`` (``--quick``: tiny preset).
+Run: ``python benchmarks/bench_bridge.py [--quick] [--iterations N] [--guided]``
+(``--quick``: tiny preset; ``--iterations``: ptychography epochs, default 60).
 """
 
 # ruff: noqa: E402  (BLAS threads are set before numpy is imported)
@@ -43,12 +47,14 @@ from scipy import fft as sfft
 from xmulti.footprint import probe_intensity
 from xmulti.grid import image_axes_um
 from xmulti.joint.bridge import (
+    bridge_resolution,
     forward_operator,
-    guided_solve,
     interpolate_map,
-    phase_guide,
+    levelled_phase,
     richardson_lucy,
 )
+from xmulti.joint.guide import structure_features
+from xmulti.joint.structure import structure_basis
 from xmulti.simulate import make_scan
 
 
@@ -68,43 +74,55 @@ def nrmse(estimate: np.ndarray, truth: np.ndarray, where: np.ndarray) -> float:
     return float(np.sqrt(np.mean((estimate[where] - truth[where]) ** 2) / np.mean(truth[where] ** 2)))
 
 
-def run(scan, label: str, phase: xr.DataArray, probe: np.ndarray, maps: xr.Dataset, truth: dict, grid) -> None:
+def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid, guided: bool) -> None:
     """Print the table for one (phase, probe) input set; results compared on the truth grid."""
-    intensity = probe_intensity(probe)
+    phase = recon["phase"]
+    intensity = probe_intensity(np.asarray(recon["probe"].values))
     origin = np.array([float(phase["y"][0]), float(phase["x"][0])])
     dx = float(phase["y"][1] - phase["y"][0])
-    op = forward_operator(intensity, (scan.true_positions_um - origin) / dx, phase.shape)
-    guide = phase_guide(phase.values)
+    frac = (scan.true_positions_um - origin) / dx
+    op = forward_operator(intensity, frac, phase.shape)
     interp = interpolate_map(maps, grid, list(scan.elements))
     where = np.isfinite(interp[scan.elements[0]].values)
     floor = fft_floor(op.padded)
-    print(f"\n{label}: object grid {phase.shape}, padded {op.padded}, {op.n_positions} positions, "
-          f"floor (one A + A^T) {floor * 1e3:.3f} ms")
-    print(f"{'el':4s} {'interp':>7s} {'RL':>7s} {'guided':>7s} {'g/interp':>9s} {'g/RL':>6s} {'iter':>6s} "
-          f"{'time/floor':>10s} {'ffts/floor':>10s}")
+    t = time.perf_counter()
+    structure_basis(intensity, frac, structure_features(levelled_phase(recon)))
+    setup = time.perf_counter() - t
+    print(f"\n{label}: object grid {phase.shape}, {op.n_positions} positions; structure setup {setup:.2f} s = "
+          f"{setup / floor:.0f} x one A + A^T ({floor * 1e3:.2f} ms)")
+    head = f"{'el':4s} {'interp':>7s} {'RL':>7s} {'struct':>7s} {'final':>7s} {'w':>5s} {'f/interp':>9s} {'f/RL':>6s}"
+    print(head + (f" {'guided':>7s}" if guided else "") + f" {'time/RL':>8s}")
+
+    def on_truth_grid(c: np.ndarray) -> np.ndarray:
+        da = xr.DataArray(c, dims=("y", "x"), coords={"y": phase["y"].values, "x": phase["x"].values})
+        return da.interp(y=grid["y"].values, x=grid["x"].values).values
+
     for el in scan.elements:
         b = maps[el].values.ravel()
-
-        def on_truth_grid(c: np.ndarray) -> np.ndarray:
-            da = xr.DataArray(c, dims=("y", "x"), coords={"y": phase["y"].values, "x": phase["x"].values})
-            return da.interp(y=grid["y"].values, x=grid["x"].values).values
-
-        rl = richardson_lucy(op, b)
-        op.n_ffts = 0
         t = time.perf_counter()
-        g = guided_solve(op, b, guide=guide)
-        elapsed = time.perf_counter() - t
+        rl = richardson_lucy(op, b)
+        t_rl = time.perf_counter() - t
+        alone = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el], blend=False)
+        t = time.perf_counter()
+        final = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el])
+        t_final = time.perf_counter() - t
         e_i = nrmse(interp[el].values, truth[el], where)
         e_rl = nrmse(on_truth_grid(rl.c), truth[el], where)
-        e_g = nrmse(on_truth_grid(g.c), truth[el], where)
-        print(f"{el:4s} {e_i:7.3f} {e_rl:7.3f} {e_g:7.3f} {e_g / e_i:9.2f} {e_g / e_rl:6.2f} {g.iterations:6d} "
-              f"{elapsed / (g.iterations * floor):10.1f} {op.n_ffts / (4 * g.iterations):10.2f}")
+        e_s = nrmse(on_truth_grid(alone[el].values), truth[el], where)
+        e_f = nrmse(on_truth_grid(final[el].values), truth[el], where)
+        line = (f"{el:4s} {e_i:7.3f} {e_rl:7.3f} {e_s:7.3f} {e_f:7.3f} {final[el].attrs['structure_weight']:5.2f} "
+                f"{e_f / e_i:9.2f} {e_f / e_rl:6.2f}")
+        if guided:
+            g = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el], method="guided")
+            line += f" {nrmse(on_truth_grid(g[el].values), truth[el], where):7.3f}"
+        print(line + f" {t_final / t_rl:8.1f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny preset")
     parser.add_argument("--iterations", type=int, default=60, help="ptychography epochs")
+    parser.add_argument("--guided", action="store_true", help="also the pixel-level guided solve (slow)")
     args = parser.parse_args()
     preset = "tiny" if args.quick else "small"
     scan = make_scan(preset, seed=0, i0_fluctuation=0.0, dead_time_fraction=0.0)
@@ -124,18 +142,17 @@ def main() -> None:
         seen = op.forward(comp)
         truth[el] = comp * float(seen @ scan.line_counts[:, j] / (seen @ seen))
     print(f"preset {preset}: scan {ny} x {nx}, probe {scan.probe.shape}, pixel {scan.pixel_size_um * 1e3:.1f} nm")
-    run(scan, "true probe and phase", grid, scan.probe, maps, truth, grid)
+    true_recon = xr.Dataset({"phase": grid, "probe": (("probe_y", "probe_x"), scan.probe)})
+    run(scan, "true probe and phase", true_recon, maps, truth, grid, args.guided)
 
     from xmulti import open_scan, reconstruct
 
     with tempfile.TemporaryDirectory() as tmp:
         path = scan.write(Path(tmp) / "scan.h5")
         t = time.perf_counter()
-        recon = reconstruct(open_scan(path), iterations=args.iterations)
+        recon = reconstruct(open_scan(path), iterations=args.iterations).compute()
         print(f"\nreconstruct: {args.iterations} epochs in {time.perf_counter() - t:.1f} s")
-    probe = np.asarray(recon["probe"].values)
-    run(scan, f"reconstructed probe and phase ({args.iterations} epochs lsqml)", recon["phase"], probe, maps, truth,
-        grid)
+    run(scan, f"reconstructed probe and phase ({args.iterations} epochs lsqml)", recon, maps, truth, grid, args.guided)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from .errors import InvalidInputError
 from .register import pixel_size_um
 
 __all__ = ["resolve_matrix", "check_image", "select_elements", "map_units", "unit_slug", "map_variance",
-           "flatten_phase"]
+           "flatten_phase", "level_reconstructed_phase"]
 
 COUNT_UNITS = {"counts", "count", "cts", "photons", ""}
 AREAL_UNITS = {"ug/cm2", "ug/cm^2", "µg/cm2", "µg/cm²", "ug cm-2"}
@@ -143,3 +143,56 @@ def flatten_phase(phase, labels, order: int | None = 1, margin_px: float = 2.0):
     flat = phase.copy(data=values - model)
     flat.attrs = {**phase.attrs, "background_removed": f"polynomial of order {order} fitted outside the regions"}
     return flat, info
+
+
+def level_reconstructed_phase(recon, threshold: float = 0.05, order: int | None = 1):
+    """A reconstruction's phase levelled on its empty background, with the plane that was removed.
+
+    Ptychography leaves a constant phase and a linear ramp free (object and probe trade them).
+    The pixels the beam hardly saw (smoothed illumination below ``threshold`` of its maximum,
+    :func:`xmulti.stages.mask_unilluminated`) are set to NaN, cells are segmented on the phase
+    (:func:`xmulti.correlate.segment_phase`; none found: the whole image counts as background)
+    and :func:`flatten_phase` fits the background polynomial of ``order`` around them.
+
+    Parameters
+    ----------
+    recon : xarray.Dataset
+        ``phase (y, x)`` in rad on um coordinates, optional ``illumination`` and ``probe``.
+
+    Returns
+    -------
+    flat : xarray.DataArray
+        Levelled phase (rad), NaN where unilluminated.
+    info : dict
+        That of :func:`flatten_phase`, plus ``plane_rad`` (ndarray (y, x): the removed model,
+        ``phase - flat``, on every pixel), ``gradient_rad_per_px`` ((y, x) slope of its
+        least-squares plane) and ``background_mask`` (ndarray bool: the pixels the model was
+        fitted to, more than 2 pixels from any cell).
+    """
+    import xarray as xr
+    from skimage.segmentation import expand_labels
+
+    from .correlate import segment_phase
+    from .stages import mask_unilluminated
+
+    phase = mask_unilluminated(recon["phase"], recon, threshold)
+    try:
+        labels = segment_phase(phase)
+    except InvalidInputError:
+        labels = xr.zeros_like(phase, dtype=np.int32)
+    flat, info = flatten_phase(phase, labels, order=order)
+    values = np.asarray(recon["phase"].values, dtype=float)
+    known = np.isfinite(np.asarray(flat.values)) & np.isfinite(values)
+    ii, jj = np.indices(values.shape, dtype=float)
+    plane = np.zeros(values.shape)
+    gradient = (0.0, 0.0)
+    if known.sum() >= 3:
+        design = np.stack([np.ones(known.sum()), ii[known], jj[known]], axis=1)
+        coef = np.linalg.lstsq(design, values[known] - np.asarray(flat.values)[known], rcond=None)[0]
+        plane = coef[0] + coef[1] * ii + coef[2] * jj
+        gradient = (float(coef[1]), float(coef[2]))
+    # the pixels flatten_phase fits (its default margin of 2 pixels around the cells)
+    background = (expand_labels(np.asarray(labels.values), 2.0) == 0) & np.isfinite(np.asarray(phase.values))
+    info.update(plane_rad=plane, gradient_rad_per_px=gradient, background_mask=background)
+    return flat, info
+

@@ -2,8 +2,9 @@
 
 :func:`build_problem` turns a scan, its separate ptychographic reconstruction and its fitted XRF
 maps into a :class:`~xmulti.joint.problem.JointProblem` with its start (thickness from the
-levelled phase, element maps interpolated to the phase grid); :func:`level_background` removes
-the phase ramp ptychography leaves free. See ``docs/joint.md``.
+levelled phase, element maps interpolated to the phase grid). The phase offset and ramp that
+ptychography leaves free are removed by :func:`xmulti.inputs.level_reconstructed_phase`, the
+levelling the rest of xmulti uses. See ``docs/joint.md``.
 """
 
 from __future__ import annotations
@@ -15,42 +16,9 @@ import numpy as np
 from ..errors import InvalidInputError
 from .model import AbsorptionModel, ObjectModel
 from .problem import FrameSource, JointProblem
+from .settings import JointSettings
 
-__all__ = ["build_problem", "level_background", "result_dataset"]
-
-
-def level_background(phase: np.ndarray, region: np.ndarray, rounds: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """Plane ``a + gy i + gx j`` (rad, pixel indices) through the background of a phase image.
-
-    Ptychography leaves a linear phase ramp free (object and probe trade it). Matter gives
-    negative phase, so the background (vacuum or ice) is the upper envelope of the phase: the
-    plane is fitted to the pixels of ``region`` at or above it, less three robust standard
-    deviations of their residual, starting from the top 30 % and refined ``rounds`` times.
-
-    Returns
-    -------
-    plane : ndarray (H, W)
-    background : ndarray (H, W) bool
-        The pixels used in the last fit.
-    """
-    ii, jj = np.indices(phase.shape, dtype=float)
-    inside = region & np.isfinite(phase)
-    if inside.sum() < 10:
-        raise InvalidInputError("too few illuminated pixels to level the phase background")
-    bg = inside & (phase >= np.percentile(phase[inside], 70))
-    plane = np.zeros(phase.shape)
-    for _ in range(rounds):
-        design = np.stack([np.ones(bg.sum()), ii[bg], jj[bg]], axis=1)
-        coef = np.linalg.lstsq(design, phase[bg], rcond=None)[0]
-        plane = coef[0] + coef[1] * ii + coef[2] * jj
-        resid = phase - plane
-        spread = 1.4826 * np.median(np.abs(resid[bg] - np.median(resid[bg]))) + 1e-12
-        new = inside & (resid >= -3.0 * spread)
-        if new.sum() < 10 or np.array_equal(new, bg):
-            break
-        bg = new
-    return plane, bg
-
+__all__ = ["build_problem", "result_dataset"]
 
 
 def _per_position(maps, name: str, positions_um: np.ndarray, scan_shape) -> np.ndarray:
@@ -118,26 +86,27 @@ def build_problem(
     recon: Any,
     maps: Any,
     elements: list[str] | None = None,
-    xrf_weight: float = 1.0,
-    geometry: dict | None = None,
     client: Any = None,
     *,
-    sensitivity: Any = None,
-    matrix: Any = "protein",
-    ice_thickness_um: float = 0.0,
-    noise: str = "gaussian",
-    smoothing: float = 2.0,
-    edge_um: float | None = None,
-    element_phase: bool = False,
-    level: bool = True,
-    batch: int = 64,
-    max_frame_bytes: float = 1e9,
+    settings: JointSettings | None = None,
+    **changes: Any,
 ):
     """The :class:`JointProblem`, starting thickness (um) and element maps (ug/cm2) of a scan.
 
-    Parameters are those of :func:`joint_reconstruct` (without ``iterations`` and
-    ``progress``). Returns ``(problem, t0_um, c0_ug_cm2, info)``, ``info`` a dict of the grid
-    coordinates, elements, sensitivities and constants used.
+    Parameters
+    ----------
+    scan_tree, recon, maps, elements, client
+        As for :func:`xmulti.joint.solve.joint_reconstruct`.
+    settings : JointSettings, optional
+        How the objective is built (defaults: :class:`JointSettings`).
+    **changes
+        Settings by name (``sensitivity=``, ``batch=``...), applied on top of ``settings``.
+
+    Returns
+    -------
+    tuple
+        ``(problem, t0_um, c0_ug_cm2, info)``, ``info`` a dict of the grid coordinates,
+        elements, sensitivities and constants used.
     """
     import xarray as xr
 
@@ -159,12 +128,12 @@ def build_problem(
     if energy is None or not float(energy) > 0:
         raise InvalidInputError("the scan has no positive incident energy (incident_energy_keV)")
     energy = float(energy)
-    geo = {"incident_angle_deg": 90.0, "exit_angle_deg": 15.0, **(geometry or {})}
-    mat = resolve_matrix(matrix)
-    if not float(ice_thickness_um) >= 0:
-        raise InvalidInputError(f"ice_thickness_um must be >= 0, got {ice_thickness_um}")
-    if not (np.isfinite(xrf_weight) and xrf_weight >= 0 and np.isfinite(smoothing) and smoothing >= 0):
-        raise InvalidInputError("xrf_weight and smoothing must be finite and >= 0")
+    cfg = (settings or JointSettings()).replace(**changes)
+    cfg.check()
+    xrf_weight, sensitivity, ice_thickness_um, noise = cfg.xrf_weight, cfg.sensitivity, cfg.ice_thickness_um, cfg.noise
+    smoothing, edge_um, batch, max_frame_bytes = cfg.smoothing, cfg.edge_um, cfg.batch, cfg.max_frame_bytes
+    geo = {"incident_angle_deg": 90.0, "exit_angle_deg": 15.0, **(cfg.geometry or {})}
+    mat = resolve_matrix(cfg.matrix)
 
     if elements is None:
         elements = [str(v) for v in maps.data_vars if f"{v}_sigma" in maps and maps[v].attrs.get("component") == "element"]
@@ -189,11 +158,16 @@ def build_problem(
     region = illum >= 0.1 * illum.max()
     gradient = (0.0, 0.0)
     background = None
-    if level:
-        plane, background = level_background(phase, region)
-        phase = phase - plane
+    if cfg.level:
+        from ..inputs import level_reconstructed_phase
+
+        _, levelled = level_reconstructed_phase(recon)
+        background = levelled["background_mask"] & region
+        if background.sum() < 10:
+            raise InvalidInputError("too few background pixels around the cells to level the phase (level=False skips)")
+        phase = phase - levelled["plane_rad"]
         ii, jj = np.indices(probe.shape[-2:], dtype=float)
-        gradient = (float(plane[1, 0] - plane[0, 0]), float(plane[0, 1] - plane[0, 0]))
+        gradient = levelled["gradient_rad_per_px"]
         # the object lost exp(i g.r): the probe takes exp(-i g.r') so every exit wave only
         # changes by a constant phase (invisible in the intensities)
         probe = probe * np.exp(1j * (gradient[0] * ii + gradient[1] * jj))[None]
@@ -203,7 +177,7 @@ def build_problem(
     dm, bm = physics.refractive_index(mat.formula, energy, mat.density_g_cm3)
     di, bi = physics.refractive_index(physics.ICE.formula, energy, physics.ICE.density_g_cm3)
     eps = None
-    if element_phase:
+    if cfg.element_phase:
         # pure element at 1 g/cm3: 1 ug/cm2 is 1e-2 um of it
         eps = np.array([complex(*physics.refractive_index(el, energy, 1.0) * np.array([1, -1])) * 1e-2 for el in elements])
     ice = float(ice_thickness_um)

@@ -30,9 +30,10 @@ from scipy import optimize
 
 from ..errors import InvalidInputError
 from .problem import JointProblem
+from .settings import JointSettings
 from .setup import build_problem, result_dataset
 
-__all__ = ["solve", "joint_reconstruct"]
+__all__ = ["solve", "joint_reconstruct", "JointSettings"]
 
 
 def solve(
@@ -139,22 +140,12 @@ def joint_reconstruct(
     maps: Any,
     elements: list[str] | None = None,
     iterations: int = 100,
-    xrf_weight: float = 1.0,
-    geometry: dict | None = None,
     client: Any = None,
     *,
-    sensitivity: Any = None,
-    matrix: Any = "protein",
-    ice_thickness_um: float = 0.0,
-    noise: str = "gaussian",
-    smoothing: float = 2.0,
-    edge_um: float | None = None,
-    element_phase: bool = False,
-    level: bool = True,
-    batch: int = 64,
-    max_frame_bytes: float = 1e9,
+    settings: JointSettings | None = None,
     refine_probe: bool = True,
     progress: Callable[[int, float, dict], None] | None = None,
+    **changes: Any,
 ):
     """Thickness and element areal densities of one object fitted to both modalities.
 
@@ -173,38 +164,14 @@ def joint_reconstruct(
         Elements to fit; default every element map that has a ``_sigma``.
     iterations : int
         L-BFGS-B iterations.
-    xrf_weight : float
-        ``lambda``: 1 weighs both likelihoods as the noise says.
-    geometry : dict, optional
-        ``incident_angle_deg`` (default 90) and ``exit_angle_deg`` (default 15), from the
-        sample surface, for self-absorption.
     client : dask.distributed.Client, optional
         Where lazy frames and maps are read (the gradient runs in this process).
-    sensitivity : mapping or StandardCalibration, optional
-        Map units per ug/cm2 of each element (``.sensitivity(El)`` of
-        :func:`xmulti.xrf.quantify.calibrate_standard`, or a dict). None: the maps must be in ug/cm2.
-    matrix : str or xmulti.physics.Matrix
-        The matrix that sets the phase ("protein", "ice", "FORMULA:DENSITY").
-    ice_thickness_um : float
-        Ice layer the matrix displaces (0: dried sample in vacuum).
-    noise : {"gaussian", "poisson"}
-        Likelihood of the diffraction data.
-    smoothing : float
-        Weight of the edge-weighted smoothness of the element maps, relative to the XRF data
-        curvature and to the footprint area (``mu = smoothing * median data curvature *
-        (footprint radius / 10 px)^2``; default 2, chosen on simulated cells); 0 turns it off.
-    edge_um : float, optional
-        Thickness step (um) at which a pair of pixels counts as an edge; default 5 % of the
-        thickest part.
-    element_phase : bool
-        Include the elements' own (tiny) refractive index in the transmission.
-    level : bool
-        Remove the linear phase ramp of the reconstruction by levelling its background (the probe
-        gets the counter-ramp); the field of view must contain some background.
-    batch : int
-        Positions per batch.
-    max_frame_bytes : float
-        Frames up to this size are read once; larger scans are re-read batch by batch.
+    settings : JointSettings, optional
+        How the objective is built: XRF weight, geometry, sensitivity, matrix, ice, noise model,
+        smoothing, edges, element phase, levelling, batching (:class:`JointSettings`).
+    **changes
+        Any of those settings by name (``sensitivity=``, ``geometry=``, ``matrix=``...), applied
+        on top of ``settings``; unknown names raise InvalidInputError.
     refine_probe : bool
         Refine the probe as a joint unknown (it sets both the diffraction and the XRF
         footprint); False holds the reconstructed probe fixed.
@@ -218,15 +185,8 @@ def joint_reconstruct(
         ``thickness_initial`` (from the levelled phase), ``objective``, ``ptycho_term``,
         ``xrf_term``, ``smoothness_term (iteration)``; attrs: energy, geometry, weights, matrix.
     """
-    problem, t0, c0, info = build_problem(
-        scan_tree, recon, maps, elements, xrf_weight, geometry, client, sensitivity=sensitivity, matrix=matrix,
-        ice_thickness_um=ice_thickness_um, noise=noise, smoothing=smoothing, edge_um=edge_um,
-        element_phase=element_phase, level=level, batch=batch, max_frame_bytes=max_frame_bytes,
-    )
+    cfg = (settings or JointSettings()).replace(**changes)
+    problem, t0, c0, info = build_problem(scan_tree, recon, maps, elements, client, settings=cfg)
     t, c, probe, history = solve(problem, t0, c0, iterations, progress, refine_probe)
-    settings = {
-        "xrf_weight": float(xrf_weight), "smoothing": float(smoothing), "noise": noise,
-        "element_phase": int(bool(element_phase)), "iterations": int(iterations),
-        "refine_probe": int(bool(refine_probe)),
-    }
-    return result_dataset(t, c, t0, probe, history, problem, info, settings)
+    attrs = {**cfg.as_attrs(), "iterations": int(iterations), "refine_probe": int(bool(refine_probe))}
+    return result_dataset(t, c, t0, probe, history, problem, info, attrs)

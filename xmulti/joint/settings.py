@@ -1,0 +1,90 @@
+"""Settings of the joint problem, shared by :func:`~xmulti.joint.setup.build_problem` and
+:func:`~xmulti.joint.solve.joint_reconstruct` (one place for their names, defaults and checks)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+__all__ = ["JointSettings"]
+
+
+@dataclass(frozen=True)
+class JointSettings:
+    """How the joint objective is built from a scan and its separate results.
+
+    Attributes
+    ----------
+    xrf_weight : float
+        ``lambda``: weight of the XRF likelihood (1 weighs both likelihoods as the noise says).
+    geometry : dict, optional
+        ``incident_angle_deg`` (default 90) and ``exit_angle_deg`` (default 15), from the
+        sample surface, for self-absorption.
+    sensitivity : mapping or StandardCalibration, optional
+        Map units per ug/cm2 of each element (``.sensitivity(El)`` of
+        :func:`xmulti.xrf.quantify.calibrate_standard`, or a dict). None: the maps must be in ug/cm2.
+    matrix : str or xmulti.physics.Matrix
+        The matrix that sets the phase ("protein", "ice", "FORMULA:DENSITY").
+    ice_thickness_um : float
+        Ice layer the matrix displaces (um; 0: dried sample in vacuum).
+    noise : {"gaussian", "poisson"}
+        Likelihood of the diffraction data.
+    smoothing : float
+        Weight of the edge-weighted smoothness of the element maps, relative to the XRF data
+        curvature and the footprint area (default 2, chosen on simulated cells); 0 turns it off.
+    edge_um : float, optional
+        Thickness step (um) at which a pair of pixels counts as an edge; default 5 % of the
+        thickest part.
+    element_phase : bool
+        Include the elements' own (tiny) refractive index in the transmission.
+    level : bool
+        Level the reconstruction's phase on its background
+        (:func:`xmulti.inputs.level_reconstructed_phase`; the probe gets the counter-ramp).
+    batch : int
+        Positions per batch of the objective.
+    max_frame_bytes : float
+        Frames up to this size (bytes, as float32) are read once; larger scans batch by batch.
+    """
+
+    xrf_weight: float = 1.0
+    geometry: dict | None = None
+    sensitivity: Any = None
+    matrix: Any = "protein"
+    ice_thickness_um: float = 0.0
+    noise: str = "gaussian"
+    smoothing: float = 2.0
+    edge_um: float | None = None
+    element_phase: bool = False
+    level: bool = True
+    batch: int = 64
+    max_frame_bytes: float = 1e9
+
+    def replace(self, **changes) -> JointSettings:
+        """A copy with some settings changed; unknown names raise InvalidInputError."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise InvalidInputError(f"unknown joint setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def check(self) -> None:
+        """Raise InvalidInputError on settings that cannot describe a joint problem."""
+        if not float(self.ice_thickness_um) >= 0:
+            raise InvalidInputError(f"ice_thickness_um must be >= 0, got {self.ice_thickness_um}")
+        if not (np.isfinite(self.xrf_weight) and self.xrf_weight >= 0 and np.isfinite(self.smoothing)
+                and self.smoothing >= 0):
+            raise InvalidInputError("xrf_weight and smoothing must be finite and >= 0")
+        if self.noise not in ("gaussian", "poisson"):
+            raise InvalidInputError(f"noise must be 'gaussian' or 'poisson', not {self.noise!r}")
+        if int(self.batch) < 1:
+            raise InvalidInputError(f"batch must be >= 1, got {self.batch}")
+
+    def as_attrs(self) -> dict:
+        """The scalar settings as result attributes."""
+        return {"xrf_weight": float(self.xrf_weight), "smoothing": float(self.smoothing), "noise": self.noise,
+                "element_phase": int(bool(self.element_phase))}
