@@ -7,7 +7,9 @@ scan of the given shape, then ``xmulti.pipeline.run_pipeline`` runs on a local p
 Peak memory is the peak resident set size (Linux ``VmHWM``) of the client process and of each
 worker process over each stage only (each scan size runs in a fresh process): the peaks are reset (``/proc/self/clear_refs``) after
 the scan is simulated and the cluster started. (``ru_maxrss`` would not do: a spawned worker
-inherits its parent's peak across fork and exec.) The floor printed beside the fit-xrf time is the time to read
+inherits its parent's peak across fork and exec.) Beside each peak is the resident size the stage
+started from (what the process, its in-process Dask scheduler and the earlier stages left), so
+a peak's growth can be told apart from the stage's own rise over its start. The floor printed beside the fit-xrf time is the time to read
 the spectra once from the file (the I/O the stage cannot avoid).
 """
 
@@ -68,12 +70,15 @@ def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_posit
     options = options.override(chunk_positions=chunk_positions)
     floor = _read_floor_s(scan)
     store = workdir / f"results_{scan_shape[0]}x{scan_shape[1]}.zarr"
-    seconds, client_peak, worker_peak = {}, {}, {}
+    seconds, client_peak, worker_peak, client_start, worker_start = {}, {}, {}, {}, {}
     with dask_client(n_workers=workers) as client:
         for stage in stages:
-            # peaks per stage: reset, run the one stage, read the high-water marks
+            # peaks per stage: reset, run the one stage, read the high-water marks; right after the
+            # reset the mark is the resident size the stage starts from (what earlier stages left)
             _reset_peak()
             client.run(_reset_peak)
+            client_start[stage] = _peak_rss_mb()
+            worker_start[stage] = max(client.run(_peak_rss_mb).values())
             reports = run_pipeline(scan, store, _with_stages(options, [stage]), client=client, force=True, log=None)
             seconds[stage] = sum(r.seconds for r in reports)
             client_peak[stage] = _peak_rss_mb()
@@ -85,6 +90,8 @@ def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_posit
         "stages": seconds,
         "client_peak_mb": client_peak,
         "worker_peak_mb": worker_peak,
+        "client_start_mb": client_start,
+        "worker_start_mb": worker_start,
     }
 
 
@@ -125,17 +132,23 @@ def main() -> None:
     print(f"pipeline benchmark: large-preset optics, {args.workers} worker processes, "
           f"{args.iterations} ptychography epochs, tiles of at most {args.tile_positions} positions, "
           f"{args.chunk_positions} positions per chunk")
-    print(f"{'positions':>9s} {'stage':>12s} {'wall s':>8s} {'client peak MB':>15s} {'worker peak MB':>15s}")
+    print("(start: resident size when the stage starts, left by the process and earlier stages; peak: the "
+          "stage's high-water mark; all MB)")
+    print(f"{'positions':>9s} {'stage':>12s} {'wall s':>8s} {'client start':>13s} {'client peak':>12s} "
+          f"{'worker start':>13s} {'worker peak':>12s}")
     for r in results:
         for stage, secs in r["stages"].items():
             extra = f"  ({secs / r['read_floor_s']:.1f}x reading the spectra once)" if stage == "fit-xrf" else ""
-            print(f"{r['positions']:9d} {stage:>12s} {secs:8.2f} {r['client_peak_mb'][stage]:15.0f} "
-                  f"{r['worker_peak_mb'][stage]:15.0f}{extra}")
+            print(f"{r['positions']:9d} {stage:>12s} {secs:8.2f} {r['client_start_mb'][stage]:13.0f} "
+                  f"{r['client_peak_mb'][stage]:12.0f} {r['worker_start_mb'][stage]:13.0f} "
+                  f"{r['worker_peak_mb'][stage]:12.0f}{extra}")
     if len(results) > 1:
         a, b = results[0], results[-1]
         growth = b["positions"] / a["positions"]
         for stage in a["stages"]:
-            print(f"positions x{growth:.1f}, {stage}: client peak x{b['client_peak_mb'][stage] / a['client_peak_mb'][stage]:.2f}, "
+            rise = [r["client_peak_mb"][stage] - r["client_start_mb"][stage] for r in (a, b)]
+            print(f"positions x{growth:.1f}, {stage}: client peak x{b['client_peak_mb'][stage] / a['client_peak_mb'][stage]:.2f} "
+                  f"(rise over its start {rise[0]:.0f} -> {rise[1]:.0f} MB), "
                   f"worker peak x{b['worker_peak_mb'][stage] / a['worker_peak_mb'][stage]:.2f}")
 
 
