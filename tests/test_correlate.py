@@ -420,3 +420,26 @@ def test_correlate_stage_on_a_bounded_working_grid(tiny, tmp_path):
     fine = footprint_radius_um(probe_intensity(tiny.probe), dx)
     coarse = footprint_radius_um(probe_intensity(coarse_probe(tiny.probe, 2)), 2 * dx)
     assert coarse == pytest.approx(fine, abs=2 * dx)
+
+
+def test_working_grid_averages_partial_edge_blocks_and_expands_labels_back():
+    """Block means over the pixels a trailing block has, pixel centres as the mean of its pixels'
+    centres, and labels expanded back chunk by chunk onto any chunking of the fine grid."""
+    import dask.array as da
+
+    from xmulti.working_grid import coarsen_images, expand_labels_lazy, working_factor
+
+    values = np.arange(35, dtype=np.float32).reshape(5, 7)
+    ds = xr.Dataset({"phase": (("y", "x"), da.from_array(values, chunks=(2, 3)), {"units": "rad"})},
+                    coords={"y": ("y", np.arange(5) * 0.1, {"units": "um"}), "x": ("x", np.arange(7) * 0.1)})
+    coarse = coarsen_images(ds, 2).load()
+    assert coarse["phase"].shape == (3, 4) and coarse["phase"].attrs == {"units": "rad"}
+    assert coarse["phase"].values[2, 3] == values[4, 6] and coarse["phase"].values[0, 3] == values[0:2, 6].mean()
+    np.testing.assert_allclose(coarse["y"], [0.05, 0.25, 0.4])
+    assert coarse["y"].attrs == {"units": "um"}
+    labels = np.arange(12).reshape(3, 4)
+    fine = expand_labels_lazy(labels, 2, (5, 7), ((2, 3), (3, 4)))
+    np.testing.assert_array_equal(fine.compute(), labels[np.arange(5)[:, None] // 2, np.arange(7)[None] // 2])
+    assert working_factor((1328, 1328), 1 << 20) == 2 and working_factor((723, 722), 1 << 20) == 1
+    with pytest.raises(InvalidInputError):
+        working_factor((10, 10), 0)
