@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xmulti.ptycho import FFT2, EngineOptions, ReconState, prepare_frames
+from xmulti.ptycho import FFT2, EngineOptions, ReconState, prepare_frames, run_engine
 from xmulti.ptycho.batch import exit_wave_update
 from xmulti.ptycho.positions import position_shifts, refine_shifts, search_shifts
 from xmulti.ptycho.reconstruct import reconstruct
@@ -115,3 +115,25 @@ def test_position_correction_on_the_cell_phantom(shaken, seed):
     assert sees.sum() > 30 and before > 2.5
     assert after < 0.5
     assert _rms(corrected - true) < 0.7 * _rms(recorded - true)
+
+
+def test_position_correction_on_a_dense_object():
+    """The issue's case on an object with structure everywhere (the dense synthetic object of
+    :func:`xmulti.simulate.optics.make_problem`, 12 x 12 positions, 70 % overlap, 1e6
+    photons): 3 px RMS errors per axis (4.1 px radial) corrected to within 0.5 px RMS with the
+    probe known (measured 0.40 px after 150 rPIE epochs)."""
+    from xmulti.simulate.optics import make_problem
+
+    p = make_problem((12, 12), 64, 0.7, diameter_px=100 / 3, photons=1e6, seed=1)
+    nominal = p.positions_px + np.random.default_rng(5).normal(0, 3.0, p.positions_px.shape)
+    pad = 16
+    shape = (p.obj.shape[0] + 2 * pad, p.obj.shape[1] + 2 * pad)
+    state = ReconState(np.ones(shape, np.complex64), p.probe[None].copy(), nominal + pad)
+    opts = EngineOptions(update_probe=False, position_correction=True, position_start=2,
+                         position_step=1.0, max_shift_px=1.0)
+    run_engine(state, prepare_frames(p.frames), "rpie", 150, opts, FFT2(np, 2))
+    before = _rms(nominal - p.positions_px)
+    after = _rms(state.positions_px - pad - p.positions_px)
+    print("RMS position error", before, "->", after)
+    assert before > 3.5
+    assert after < 0.5
