@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         description="From the fitted maps and the reconstruction in a results store (and the scan's "
         "diffraction frames): element maps corrected for self-absorption with the matrix mass from "
         "the phase (/joint/self_absorption), element maps at the ptychographic pixel solved with the "
-        "probe footprint and guided by the phase (/joint/bridged), and thickness and element maps "
+        "probe footprint and the structure the phase shows (/joint/bridged), and thickness and element maps "
         "of one object fitted to both modalities (/joint/reconstruction). See docs/joint.md.",
     )
     parser.add_argument("store", help="xmulti results store (Zarr) with the fit-xrf and reconstruct results")
