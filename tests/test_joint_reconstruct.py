@@ -15,6 +15,7 @@ from xmulti import physics
 from xmulti.errors import InvalidInputError
 from xmulti.joint.model import AbsorptionModel, ObjectModel, absorption_factors, transmission
 from xmulti.joint.problem import FrameSource, JointProblem
+from xmulti.joint.settings import JointSettings
 from xmulti.joint.setup import build_problem
 from xmulti.joint.solve import joint_reconstruct
 from xmulti.simulate import make_scan
@@ -214,6 +215,28 @@ def test_bad_input_is_named(thick):
         joint_reconstruct(recon, recon, maps, iterations=0)
     with pytest.raises(InvalidInputError, match="iterations"):
         joint_reconstruct(tree, recon, maps, iterations=-1, sensitivity=_sensitivity(sim))
+    with pytest.raises(InvalidInputError, match="unknown joint setting.*xrf_wieght"):
+        joint_reconstruct(tree, recon, maps, iterations=0, sensitivity=_sensitivity(sim), xrf_wieght=2.0)
+    with pytest.raises(InvalidInputError, match="noise"):
+        joint_reconstruct(tree, recon, maps, iterations=0, settings=JointSettings(sensitivity=_sensitivity(sim),
+                                                                                  noise="laplace"))
+
+
+def test_settings_object_and_keywords_build_the_same_problem(thick):
+    """JointSettings holds the shared settings; keywords override it (the attributes record them)."""
+    sim, tree, recon, maps = thick
+    settings = JointSettings(sensitivity=_sensitivity(sim), smoothing=1.0, xrf_weight=0.5)
+    by_object = joint_reconstruct(tree, recon, maps, iterations=0, settings=settings)
+    by_keywords = joint_reconstruct(tree, recon, maps, iterations=0, sensitivity=_sensitivity(sim), smoothing=1.0,
+                                    xrf_weight=0.5)
+    overridden = joint_reconstruct(tree, recon, maps, iterations=0, settings=settings, xrf_weight=2.0)
+    assert by_object.attrs["xrf_weight"] == by_keywords.attrs["xrf_weight"] == 0.5
+    assert float(by_object["objective"][0]) == pytest.approx(float(by_keywords["objective"][0]), rel=1e-12)
+    assert overridden.attrs["xrf_weight"] == 2.0 and overridden.attrs["smoothing"] == 1.0
+    # the objective weighs the XRF term by lambda
+    for out, weight in ((by_object, 0.5), (overridden, 2.0)):
+        terms = float(out["ptycho_term"][0]) + weight * float(out["xrf_term"][0]) + float(out["smoothness_term"][0])
+        assert float(out["objective"][0]) == pytest.approx(terms, rel=1e-12)
 
 
 def test_xrf_values_are_taken_at_the_positions():
