@@ -1,6 +1,7 @@
 """Pipeline benchmark: wall time per stage and peak memory of client and workers, at two scan sizes.
 
 Run:  python benchmarks/bench_pipeline.py [--sizes 50x50,100x100] [--iterations 10] [--workers 2]
+      [--separate-scheduler]
 
 Each size is simulated with the ``large`` preset's optics (128 x 128 frames, 2048 channels) and a
 scan of the given shape, then ``xmulti.pipeline.run_pipeline`` runs on a local process cluster.
@@ -16,8 +17,11 @@ the spectra once from the file (the I/O the stage cannot avoid).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,9 +56,37 @@ def _read_floor_s(scan_path: Path) -> float:
     return time.perf_counter() - start
 
 
-def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_positions: int, chunk_positions: int,
-          stages: list[str], workdir: Path) -> dict:
+@contextlib.contextmanager
+def _cluster(workers: int, separate_scheduler: bool, workdir: Path):
+    """A client on a local cluster; ``separate_scheduler``: a ``dask scheduler`` process and
+    ``dask worker`` processes (as on a real cluster), so the client's figures are its own and not
+    those of a scheduler in the same process."""
     from xmulti.cluster import dask_client
+
+    if not separate_scheduler:
+        with _cluster(workers, separate_scheduler, workdir) as client:
+            yield client
+        return
+    info = workdir / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                               "0", "--no-dashboard", "--scheduler-file", str(info)], stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    try:
+        while not info.exists():
+            time.sleep(0.2)
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                       str(info), "--nworkers", str(workers), "--nthreads", "1", "--no-dashboard"],
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        with dask_client(json.loads(info.read_text())["address"], wait_for_workers=workers) as client:
+            yield client
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_positions: int, chunk_positions: int,
+          stages: list[str], workdir: Path, separate_scheduler: bool = False) -> dict:
     from xmulti.options import PipelineOptions
     from xmulti.pipeline import run_pipeline
 
@@ -71,7 +103,7 @@ def bench(scan_shape: tuple[int, int], iterations: int, workers: int, tile_posit
     floor = _read_floor_s(scan)
     store = workdir / f"results_{scan_shape[0]}x{scan_shape[1]}.zarr"
     seconds, client_peak, worker_peak, client_start, worker_start = {}, {}, {}, {}, {}
-    with dask_client(n_workers=workers) as client:
+    with _cluster(workers, separate_scheduler, workdir) as client:
         for stage in stages:
             # peaks per stage: reset, run the one stage, read the high-water marks; right after the
             # reset the mark is the resident size the stage starts from (what earlier stages left)
@@ -112,13 +144,15 @@ def main() -> None:
                         help="positions per Dask chunk: the same chunks at every scan size")
     parser.add_argument("--stages", default="fit-xrf,reconstruct,correlate",
                         help="stages to time (joint is slow on large scans: see docs/joint.md)")
+    parser.add_argument("--separate-scheduler", action="store_true",
+                        help="scheduler and workers in their own processes: client figures without the scheduler")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one size, JSON on stdout
     args = parser.parse_args()
     if args.one:
         shape = tuple(int(v) for v in args.one.split("x"))
         with tempfile.TemporaryDirectory(prefix="xmulti-bench-") as tmp:
             result = bench(shape, args.iterations, args.workers, args.tile_positions, args.chunk_positions,
-                           args.stages.split(","), Path(tmp))
+                           args.stages.split(","), Path(tmp), args.separate_scheduler)
         print("RESULT " + json.dumps(result))
         return
     # each size in a fresh process: a client's peak then holds nothing left over from a bigger run
@@ -126,12 +160,13 @@ def main() -> None:
     for size in args.sizes.split(","):
         command = [sys.executable, __file__, "--one", size, "--iterations", str(args.iterations), "--workers",
                    str(args.workers), "--tile-positions", str(args.tile_positions), "--chunk-positions",
-                   str(args.chunk_positions), "--stages", args.stages]
+                   str(args.chunk_positions), "--stages", args.stages] + (["--separate-scheduler"] * args.separate_scheduler)
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
     print(f"pipeline benchmark: large-preset optics, {args.workers} worker processes, "
           f"{args.iterations} ptychography epochs, tiles of at most {args.tile_positions} positions, "
-          f"{args.chunk_positions} positions per chunk")
+          f"{args.chunk_positions} positions per chunk, scheduler "
+          f"{'in its own process' if args.separate_scheduler else 'in the client process'}")
     print("(start: resident size when the stage starts, left by the process and earlier stages; peak: the "
           "stage's high-water mark; all MB)")
     print(f"{'positions':>9s} {'stage':>12s} {'wall s':>8s} {'client start':>13s} {'client peak':>12s} "
