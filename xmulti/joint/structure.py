@@ -40,7 +40,8 @@ from ..errors import InvalidInputError
 from .deconvolve import one_blas_thread, richardson_lucy
 from .footprint_op import footprint_matrix, forward_operator, poisson_deviance
 
-__all__ = ["StructureBasis", "StructureFit", "structure_basis", "structure_solve", "blend_with_richardson_lucy"]
+__all__ = ["StructureBasis", "StructureFit", "structure_basis", "structure_solve", "blend_with_richardson_lucy",
+           "scan_step_px"]
 
 
 @dataclass
@@ -143,7 +144,10 @@ def structure_basis(intensity: np.ndarray, positions_px: np.ndarray, features: d
 def _structure_basis(intensity, positions_px, features, spacing_px) -> StructureBasis:
     import scipy.sparse as sp
 
-    names = list(features)
+    # a feature that is zero everywhere (no matter in the field of view) explains nothing
+    names = [k for k in features if np.any(np.asarray(features[k]) != 0)]
+    if not names:
+        raise InvalidInputError("every structure feature is zero")
     stack = np.stack([np.asarray(features[k], dtype=float) for k in names])
     shape = stack.shape[1:]
     pos = np.asarray(positions_px, dtype=float)
@@ -164,7 +168,8 @@ def _structure_basis(intensity, positions_px, features, spacing_px) -> Structure
     whitened, gram, fixed = [], [], []
     for f in stack:
         mk = np.asarray((a @ sp.diags(f.ravel()) @ interp).todense())
-        # rows of A diag(f) S in the DCT basis, divided by sqrt(eigenvalue): B B^T = A diag(f) S L^-2 S^T ...
+        # rows of A diag(f) S in the DCT basis over sqrt(eigenvalue): B B^T = A diag(f) S R^+ S^T diag(f) A^T,
+        # the data covariance of a field with the thin-plate prior R (pseudo-inverse: constant left out)
         bk = (sfft.dctn(mk.reshape(-1, ky, kx), type=2, axes=(1, 2), norm="ortho") / np.sqrt(eig)).reshape(len(mk), -1)
         whitened.append(bk)
         gram.append(bk @ bk.T)
