@@ -237,6 +237,16 @@ def _lazy(path, dset, chunks):
     return lazy_dask_array(path, dset, chunks)
 
 
+#: Numeric datasets above this size (bytes) open as Dask arrays; smaller ones are read at once.
+_EAGER_MAX_BYTES = 1 << 16
+
+
+def _worth_lazy(dset) -> bool:
+    """Whether to open ``dset`` lazily: numeric arrays above :data:`_EAGER_MAX_BYTES`, so that
+    opening a scan costs no memory that grows with its size (truth images, input phase)."""
+    return dset.ndim >= 1 and dset.dtype.kind in "biufc" and dset.size * dset.dtype.itemsize > _EAGER_MAX_BYTES
+
+
 def _xrf_dataset(path: Path, f, summary: ScanSummary, chunks):
     import xarray as xr
 
@@ -311,7 +321,8 @@ def _reconstructed_dataset(path: Path, f, summary: ScanSummary):
     data, coords = {}, {}
     for name, units in (("phase", "rad"), ("amplitude", "1")):
         if name in g:
-            data[name] = (("y", "x"), np.asarray(g[name][()]), {"units": units})
+            value = _lazy(path, g[name], None) if _worth_lazy(g[name]) else np.asarray(g[name][()])
+            data[name] = (("y", "x"), value, {"units": units})
     if "pixel_size" in g:
         pixel_nm = float(np.asarray(g["pixel_size"][()]))
         data["pixel_size"] = ((), pixel_nm, {"units": "nm"})
@@ -341,8 +352,7 @@ def _generic_group(path: Path, group, chunks):
         dims = tuple(_attr_str(d) for d in dims) if dims is not None else tuple(
             f"{name}_dim{i}" for i in range(dset.ndim)
         )
-        big = dset.size * dset.dtype.itemsize > (8 << 20)
-        value = _lazy(path, dset, None) if big else np.asarray(dset[()])
+        value = _lazy(path, dset, None) if _worth_lazy(dset) else np.asarray(dset[()])
         if value.dtype.kind == "S":
             value = value.astype(str)
         data[name] = (dims, value, {k: _plain(v) for k, v in dset.attrs.items() if k != "dims"})
