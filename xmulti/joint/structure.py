@@ -269,6 +269,12 @@ def _structure_solve(basis: StructureBasis, b, passes: int) -> StructureFit:
                         poisson_deviance(b, np.maximum(fitted, tiny)), value, coefficients)
 
 
+def _unit_deviance(b: np.ndarray, m: np.ndarray, floor: float) -> np.ndarray:
+    """Per-position Poisson deviance ``2 [b log(b/m) - (b - m)]`` (``m`` floored)."""
+    m = np.maximum(m, floor)
+    return 2.0 * (np.where(b > 0, b * np.log(np.where(b > 0, b, 1.0) / m), 0.0) - (b - m))
+
+
 def _folds(positions_px: np.ndarray, spacing: float, n: int = 4) -> np.ndarray:
     """Fold of each position: parity of its row and column of the scan step (interleaved folds)."""
     cell = np.floor(np.asarray(positions_px) / spacing).astype(int)
@@ -281,9 +287,11 @@ def blend_with_richardson_lucy(basis: StructureBasis, b: np.ndarray, fit: Struct
     """Mix the structure estimate with Richardson-Lucy by how well each predicts held-out positions.
 
     Four interleaved folds of positions: both estimators are refitted without a fold (the
-    structure model warm-started from the full fit's weights) and predict its counts; the mixing
+    structure model at the full fit's weights and variances) and predict its counts; the mixing
     weight ``w`` minimises the held-out Poisson deviance of ``w s + (1 - w) r`` (the operator is
-    linear, so the mix of the maps predicts the mix of the predictions).
+    linear, so the mix of the maps predicts the mix of the predictions). The structure estimate
+    alone is kept unless the mix predicts better by more than one standard error (per-position
+    deviance differences): the held-out counts see the footprint scale only.
 
     Returns
     -------
@@ -309,7 +317,11 @@ def _blend(basis: StructureBasis, b, fit: StructureFit, rl_c, max_rl_iter: int):
         if test.sum() == 0 or train.sum() < 8:
             continue
         rows = np.flatnonzero(train)
-        log_w, beta, kir, _ = _fit_rows(basis, b, rows, fit.log_weights, 1)
+        # the full fit's weights and variances: held-out error of the model as chosen (refitting the
+        # weights on three quarters of the data adds noise that a mix with RL then averages out)
+        log_w = fit.log_weights
+        gram = [g[np.ix_(rows, rows)] for g in basis.gram]
+        _, (beta, kir) = _reml(log_w, gram, basis.fixed[rows], b[rows], np.maximum(fit.fitted[rows], 1.0))
         cross = [g[np.ix_(np.flatnonzero(test), rows)] for g in basis.gram]
         pred_s[test] = basis.fixed[test] @ beta + sum(g @ kir * np.exp(-lw) for g, lw in zip(cross, log_w, strict=True))
         op_train = forward_operator(basis.intensity, basis.positions_px[train], basis.shape)
@@ -324,6 +336,14 @@ def _blend(basis: StructureBasis, b, fit: StructureFit, rl_c, max_rl_iter: int):
                                            options={"xatol": 1e-3}).x)
     # bounded Brent never evaluates the ends: either estimator alone may be the best mix
     w = min((0.0, 1.0, inner), key=held_out)
+    # one-standard-error rule (Breiman et al., Classification and Regression Trees (1984); Hastie,
+    # Tibshirani & Friedman, Elements of Statistical Learning, 7.10): held-out counts only see the
+    # footprint scale, where a mix with RL often predicts a little better while RL's pixel-scale
+    # detail is noise; keep the structure model unless the mix is better by more than one
+    # standard error of the per-position deviance difference
+    gain = _unit_deviance(b, pred_s, floor) - _unit_deviance(b, w * pred_s + (1 - w) * pred_r, floor)
+    if gain.mean() <= gain.std(ddof=1) / np.sqrt(gain.size):
+        w = 1.0
     info = {"heldout_deviance_structure": held_out(1.0) / b.size, "heldout_deviance_rl": held_out(0.0) / b.size,
             "heldout_deviance_mix": held_out(w) / b.size}
     return w * fit.c + (1 - w) * np.asarray(rl_c, dtype=float), w, info
