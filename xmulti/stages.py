@@ -93,15 +93,9 @@ def reconstruct_groups(tree, options: PtychoOptions, client=None, log: Callable[
         tiled = {"tiles": tiles, "halo_um": options.halo_um, "sync_every": options.sync_every, "client": client}
     common = {"engine": options.engine, "iterations": options.iterations, "probe_modes": options.probe_modes,
               "position_correction": options.position_correction, "progress": report}
-    if tiled and client is not None:
-        # the images stay Dask arrays blended on the workers: the results writer stores them
-        # shard by shard from there, so the client never holds the object
-        from .ptycho.reconstruct import _ptycho_dataset
-        from .ptycho.tiled import reconstruct_tiled
-
-        result = reconstruct_tiled(_ptycho_dataset(tree), **common, **tiled, lazy=True)
-    else:
-        result = reconstruct(tree, **common, **tiled)
+    # tiled on a cluster, the images stay Dask arrays blended on the workers: the results writer
+    # stores them shard by shard from there, so the client never holds the object
+    result = reconstruct(tree, **common, **tiled, lazy=True)
     result.attrs["energy_keV"] = float(tree["ptychography"].attrs["energy_keV"])
     return {"/reconstructed": result}
 

@@ -112,9 +112,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..cluster import dask_client
 
+        # the image is blended and written block by block on the workers, inside the client block
         with dask_client(args.scheduler) as client:
-            result = reconstruct(tree, progress=progress, client=client, **{**options, "tiles": tiles})
-    write_result(args.out, result, provenance("reconstruct", options, args.scan))
+            result = reconstruct(tree, progress=progress, client=client, lazy=True, **{**options, "tiles": tiles})
+            write_result(args.out, result, provenance("reconstruct", options, args.scan))
+    if tiles is None:
+        write_result(args.out, result, provenance("reconstruct", options, args.scan))
     print(
         f"reconstructed {result.sizes['y']}x{result.sizes['x']} pixels of "
         f"{float(result['pixel_size']):.2f} nm from {result.sizes['position']} positions; "

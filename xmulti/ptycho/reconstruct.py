@@ -129,6 +129,7 @@ def reconstruct(
     halo_um: float | None = None,
     sync_every: int | None = None,
     client: Any = None,
+    lazy: bool = False,
 ):
     """Reconstruct object and probe from the ptychography data of a scan.
 
@@ -183,6 +184,11 @@ def reconstruct(
         Tiles: epochs between probe/overlap synchronisation; None = independent tiles.
     client : dask.distributed.Client, optional
         Tiles: where they run; default a local process cluster for the call.
+    lazy : bool
+        Tiles on a given ``client``: ``phase``, ``amplitude`` and ``illumination`` stay Dask
+        arrays blended block by block on the workers, so this process never holds the image;
+        compute or write them (e.g. :func:`xmulti.io.results.write_group`) while the client is
+        open.
 
     Returns
     -------
@@ -205,7 +211,7 @@ def reconstruct(
             ds, engine, iterations, probe_modes, position_correction, tiles=tuple(tiles), halo_um=halo_um,
             sync_every=sync_every, client=client, probe=probe, probe_diameter_um=probe_diameter_um,
             noise=noise, saturation=saturation, clip_negative=clip_negative, options=options,
-            progress=progress, probe_support=probe_support,
+            progress=progress, probe_support=probe_support, lazy=lazy and client is not None,
         )
     diffraction = np.asarray(ds["diffraction"].values)
     positions_um = scan_positions_um(ds, diffraction.shape)
