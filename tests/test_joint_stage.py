@@ -70,3 +70,31 @@ def test_joint_needs_a_reconstruction(tmp_path, capsys):
     assert "/reconstructed" in err and "Traceback" not in err
     assert main(["joint", str(out), "--exit-angle", "120"]) == 2
     assert "exit_angle_deg" in capsys.readouterr().err
+
+
+@pytest.mark.cluster
+def test_bridging_on_workers_gives_the_sequential_maps(process_cluster):
+    """The joint stage hands groups of elements to the workers: same maps as one process."""
+    from xmulti.grid import image_axes_um
+    from xmulti.joint.bridge import bridge_resolution
+    from xmulti.joint.stage import _bridge
+    from xmulti.simulate import make_scan
+
+    scan = make_scan("tiny", seed=0, i0_fluctuation=0.0, dead_time_fraction=0.0)
+    ny, nx = scan.config.scan_shape
+    y, x = image_axes_um(scan.object.shape, scan.pixel_size_um, scan.origin_um)
+    recon = xr.Dataset({"phase": (("y", "x"), np.angle(scan.object)), "probe": (("probe_y", "probe_x"), scan.probe)},
+                       coords={"y": y, "x": x})
+    counts = np.random.default_rng(1).poisson(scan.line_counts).astype(float)
+    pos = scan.true_positions_um
+    maps = xr.Dataset(
+        {el: (("y", "x"), counts[:, j].reshape(ny, nx), {"units": "counts"}) for j, el in enumerate(scan.elements)},
+        coords={"y": pos[:, 0].reshape(ny, nx).mean(axis=1), "x": pos[:, 1].reshape(ny, nx).mean(axis=0)},
+    )
+    elements = ["S", "Fe", "K"]
+    on_workers = _bridge(maps, recon, elements, process_cluster)
+    here = bridge_resolution(maps, recon, elements=elements)
+    assert list(on_workers.data_vars) == elements + ["coverage"]
+    for el in elements:
+        np.testing.assert_allclose(on_workers[el].values, here[el].values, rtol=1e-5, atol=1e-6 * float(here[el].max()))
+        assert on_workers[el].attrs["structure_weight"] == pytest.approx(here[el].attrs["structure_weight"], abs=1e-6)

@@ -49,27 +49,33 @@ def _maps_with_sigma(store) -> tuple[Any, bool]:
 
 
 def _bridge(maps, recon, elements: list[str], client):
-    """Resolution bridging, one element per Dask task when a client is given (they are independent).
+    """Resolution bridging; with a client, the elements in one task per worker.
 
-    Each task levels the phase and builds the structure basis itself (about 0.5 s of the ~3 s
-    an element takes): cheaper than shipping the basis' (P x P) matrices to every worker.
+    Elements are independent, but the structure model's setup (levelling, features, data-space
+    covariances: about 1 s on the demo store) is shared by the elements of one call: one task
+    per worker pays it once per worker instead of once per element (demo store, 2 workers: one
+    element per task took 10.3 s against 13.3 s for all seven in one process).
     """
     from .bridge import bridge_resolution
 
-    if client is None or len(elements) < 2:
+    workers = len(client.scheduler_info().get("workers", {})) if client is not None else 1
+    if client is None or len(elements) < 2 or workers < 2:
         return bridge_resolution(maps, recon, elements=elements)
+    import numpy as np
     import xarray as xr
 
-    def one(element):
-        names = [element] + ([f"{element}_sigma"] if f"{element}_sigma" in maps else [])
-        subset = maps[names]
-        subset.attrs = dict(maps.attrs)
-        return subset
+    def subset(names):
+        keep = [v for el in names for v in (el, f"{el}_sigma") if v in maps]
+        part = maps[keep]
+        part.attrs = dict(maps.attrs)
+        return part
 
+    groups = [list(g) for g in np.array_split(np.asarray(elements, dtype=object), min(workers, len(elements)))]
     recon_future = client.scatter(recon, broadcast=False)
-    futures = [client.submit(bridge_resolution, one(el), recon_future, elements=[el], pure=False) for el in elements]
+    futures = [client.submit(bridge_resolution, subset(g), recon_future, elements=g, pure=False) for g in groups]
     parts = client.gather(futures)
-    merged = xr.merge([part[[el]] for part, el in zip(parts, elements, strict=True)], combine_attrs="override")
+    merged = xr.merge([part[g] for part, g in zip(parts, groups, strict=True)], combine_attrs="override")
+    merged = merged[elements]
     merged["coverage"] = parts[0]["coverage"]
     merged.attrs = {**parts[0].attrs, "elements": list(elements)}
     return merged
