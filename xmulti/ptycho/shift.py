@@ -27,43 +27,50 @@ def is_integral(frac: np.ndarray, tol: float = _TOL_PX) -> bool:
     return bool(np.all(np.minimum(np.abs(f), np.abs(1.0 - f)) <= tol))
 
 
-def ramp_vectors(frac: np.ndarray, shape: int | tuple[int, int], xp: ModuleType = np) -> tuple[Any, Any]:
+def ramp_vectors(
+    frac: np.ndarray, shape: int | tuple[int, int], xp: ModuleType = np, dtype: Any = np.complex64
+) -> tuple[Any, Any]:
     """The separable factors ``exp(-2 pi i k_y f_y)`` (B, Ny) and ``exp(-2 pi i k_x f_x)`` (B, Nx).
 
-    ``k = fftfreq(N)`` (cycles per pixel), ``f = frac (B, 2)`` (pixels); complex64. The phase is
-    reduced modulo one turn in float64 before the float32 cosine and sine, so it keeps float32
-    precision whatever the shift.
+    ``k = fftfreq(N)`` (cycles per pixel), ``f = frac (B, 2)`` (pixels); ``dtype`` complex64 (the
+    engines) or complex128 (gradient checks). The phase is reduced modulo one turn in float64
+    before the cosine and sine, so it keeps the dtype's precision whatever the shift.
     """
     ny, nx = (shape, shape) if np.isscalar(shape) else shape
+    dtype = np.dtype(dtype)
+    real = np.float32 if dtype == np.complex64 else np.float64
     f = np.asarray(frac, dtype=np.float64)
     out = []
     for axis, size in ((0, ny), (1, nx)):
         turns = f[:, axis, None] * np.fft.fftfreq(size)[None, :]
         turns -= np.round(turns)
-        angle = (-2 * np.pi * turns).astype(np.float32)
-        r = np.empty(angle.shape, np.complex64)
+        angle = (-2 * np.pi * turns).astype(real)
+        r = np.empty(angle.shape, dtype)
         r.real = np.cos(angle)
         r.imag = np.sin(angle)
         out.append(xp.asarray(r))
     return out[0], out[1]
 
 
-def shift_ramps(frac: np.ndarray, shape: int | tuple[int, int], xp: ModuleType = np) -> Any:
-    """Phase ramps ``exp(-2 pi i (ky fy + kx fx))`` for shifts ``frac (B, 2)``: (B, Ny, Nx) complex64.
+def shift_ramps(
+    frac: np.ndarray, shape: int | tuple[int, int], xp: ModuleType = np, dtype: Any = np.complex64
+) -> Any:
+    """Phase ramps ``exp(-2 pi i (ky fy + kx fx))`` for shifts ``frac (B, 2)``: (B, Ny, Nx) of ``dtype``.
 
     ``shape`` is (Ny, Nx), or N for square images.
     """
-    ry, rx = ramp_vectors(frac, shape, xp)
+    ry, rx = ramp_vectors(frac, shape, xp, dtype)
     return ry[:, :, None] * rx[:, None, :]
 
 
 def shift_images(images: Any, frac: np.ndarray, fft: FFT2) -> Any:
     """Shift each image ``images[b]`` (B, ..., N, N) by ``frac[b]`` (y, x) pixels (copy)."""
     xp = fft.xp
-    ramps = shift_ramps(frac, images.shape[-2:], xp)
+    dtype = images.dtype if images.dtype == np.complex128 else np.complex64
+    ramps = shift_ramps(frac, images.shape[-2:], xp, dtype)
     extra = images.ndim - 3
     ramps = ramps.reshape(ramps.shape[:1] + (1,) * extra + ramps.shape[1:])
-    spec = fft.forward(images.astype(xp.complex64, copy=True))
+    spec = fft.forward(images.astype(dtype, copy=True))
     spec *= ramps
     return fft.inverse(spec)
 
@@ -73,7 +80,7 @@ def shifted_probes(probe_spectrum: Any, frac: np.ndarray, fft: FFT2) -> Any:
 
     Parameters
     ----------
-    probe_spectrum : array (K, N, N) complex64
+    probe_spectrum : array (K, N, N) complex64 (or complex128)
         ``fft2(probe, norm="ortho")`` of the probe modes, computed once per batch.
     frac : ndarray (B, 2)
         Shift of each position (pixels).
@@ -81,13 +88,13 @@ def shifted_probes(probe_spectrum: Any, frac: np.ndarray, fft: FFT2) -> Any:
 
     Returns
     -------
-    array (B, K, N, N) complex64
+    array (B, K, N, N) of the spectrum's dtype
         One inverse FFT per position and mode (the cost of honouring subpixel positions).
     """
     xp = fft.xp
-    ry, rx = ramp_vectors(frac, probe_spectrum.shape[-2:], xp)
+    ry, rx = ramp_vectors(frac, probe_spectrum.shape[-2:], xp, probe_spectrum.dtype)
     k = probe_spectrum.shape[0]
-    out = xp.empty((len(ry), k) + probe_spectrum.shape[1:], np.complex64)
+    out = xp.empty((len(ry), k) + probe_spectrum.shape[1:], probe_spectrum.dtype)
     # spectrum x ramp_y first (broadcast over positions), then x ramp_x in place: two passes,
     # no (B, N, N) ramp array (building one by broadcasting was the slowest step)
     xp.multiply(probe_spectrum[None], ry[:, None, :, None], out=out)
@@ -105,7 +112,8 @@ def unshift_sum(images: Any, frac: np.ndarray, fft: FFT2, overwrite: bool = Fals
     xp = fft.xp
     bsz, k, ny, nx = images.shape
     # the ramps of -frac are the conjugates of those of +frac
-    ry, rx = ramp_vectors(-np.asarray(frac, dtype=np.float64), (ny, nx), xp)
+    dtype = images.dtype if images.dtype == np.complex128 else np.complex64
+    ry, rx = ramp_vectors(-np.asarray(frac, dtype=np.float64), (ny, nx), xp, dtype)
     spec = fft.forward(images if overwrite else images.copy())
     # ramps applied in place as two broadcast factors (no (B, N, N) ramp array), then the sum
     # over positions; a batched matrix product doing the y ramp and the sum together was
