@@ -64,7 +64,7 @@ def _cluster(workers: int, separate_scheduler: bool, workdir: Path):
     from xmulti.cluster import dask_client
 
     if not separate_scheduler:
-        with _cluster(workers, separate_scheduler, workdir) as client:
+        with dask_client(n_workers=workers) as client:
             yield client
         return
     info = workdir / "scheduler.json"
