@@ -44,6 +44,8 @@ _PUBLIC = {
     "save_figure": "xmulti.viz",
     # joint analysis
     "joint_reconstruct": "xmulti.joint.solve",
+    "JointSettings": "xmulti.joint.settings",
+    "level_reconstructed_phase": "xmulti.inputs",
     "bridge_resolution": "xmulti.joint.bridge",
     "correct_self_absorption": "xmulti.joint.absorption",
     "areal_mass_from_phase": "xmulti.joint.absorption",
