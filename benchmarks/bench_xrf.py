@@ -10,7 +10,7 @@ detectors store counts). Single-threaded BLAS (per-core figures). Printed:
 - the full per-pixel fit (unconstrained + non-negative estimates, uncertainties, chi-square)
   on float32 and on uint32 spectra, as ratios to the matching floor;
 - the SNIP option (per-pixel SNIP background, then the linear fit without continuum);
-- with ``--workers N``: ``fit_xrf``-style ``apply_ufunc`` over a Dask array on the local cluster
+- with ``--workers N``: ``fit_xrf``'s chunked fit (``xmulti.xrf.maps.fit_chunks``) over a Dask array on the local cluster
   :func:`xmulti.dask_client` starts, with 1 and N worker processes (scaling), ratio to one worker.
 """
 
@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import itertools  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -99,53 +98,56 @@ def main() -> None:
         scaling(counts, plan, args.workers, args.scaling_pixels)
 
 
-def _fit_fresh(spectra, plan, nonce):
-    from xmulti.xrf.fit import fit_spectra
-
-    return fit_spectra(spectra, plan)
+def _known(keys, dask_scheduler=None) -> bool:
+    return any(key in dask_scheduler.tasks for key in keys)
 
 
 def scaling(counts, plan, workers: int, n_pixels: int) -> None:
-    """apply_ufunc over a Dask array on 1 and ``workers`` worker processes."""
+    """``fit_xrf``'s chunked fit over a Dask array on 1 and ``workers`` worker processes."""
     import dask.array as da
     import xarray as xr
-    from dask.distributed import wait
+    from dask.distributed import futures_of, wait
 
     from xmulti.cluster import dask_client
+    from xmulti.io.hdf5 import position_chunks
     from xmulti.xrf.fit import output_names
+    from xmulti.xrf.maps import fit_chunks
 
+    names = output_names(plan)
     mean = counts[:4096].mean(axis=0)  # small: what each worker draws its chunk from
+    # the chunk open_scan gives such spectra (about 64 MB)
+    rows = position_chunks(n_pixels, counts.shape[1] * counts.dtype.itemsize, None)
 
     def chunk(block_id=None):
         rng = np.random.default_rng(block_id[0])
-        return rng.poisson(np.broadcast_to(mean, (4096, mean.size))).astype(np.uint32)
+        return rng.poisson(np.broadcast_to(mean, (rows, mean.size))).astype(np.uint32)
 
-    n_chunks = max(1, n_pixels // 4096)
-    data = da.map_blocks(chunk, dtype=counts.dtype, chunks=((4096,) * n_chunks, (counts.shape[1],)))
+    n_chunks = max(1, n_pixels // rows)
+    print(f"dask: {n_chunks} chunks of {rows} spectra")
+    data = da.map_blocks(chunk, dtype=counts.dtype, chunks=((rows,) * n_chunks, (counts.shape[1],)))
     spectra = xr.DataArray(data, dims=("position", "channel"))
-    nonces = itertools.count()
     rates, gathered = {}, {}
     for n_workers in sorted({1, workers}):
         # the local cluster xmulti starts (single-threaded worker processes, tuned allocator)
-        with dask_client(n_workers=n_workers, wait_for_workers=n_workers):
+        with dask_client(n_workers=n_workers, wait_for_workers=n_workers) as client:
             persisted = spectra.persist()  # data in the workers: time the fit, not the transfer
 
             def fitted(data=persisted):
-                # a fresh token each call: otherwise Dask may hand back the previous call's results
-                return xr.apply_ufunc(
-                    _fit_fresh, data, kwargs={"plan": plan, "nonce": next(nonces)}, input_core_dims=[["channel"]],
-                    output_core_dims=[["quantity"]], dask="parallelized", output_dtypes=[np.float32],
-                    dask_gufunc_kwargs={"output_sizes": {"quantity": len(output_names(plan))}},
-                )
+                return fit_chunks(data, plan, names)  # fit_xrf's own path
 
             def on_workers():  # results stay on the workers (as when they are written to Zarr)
                 result = fitted().persist()
                 wait(result)
+                keys = [future.key for future in futures_of(result)]
                 del result
+                # the next call has the same keys: wait until the scheduler has forgotten these,
+                # or it would hand them back without computing
+                while client.run_on_scheduler(_known, keys):
+                    time.sleep(0.005)
 
             on_workers()
-            rates[n_workers] = best_rate(on_workers, 4096 * n_chunks, 3)
-            gathered[n_workers] = best_rate(lambda: fitted().compute(), 4096 * n_chunks, 3)
+            rates[n_workers] = best_rate(on_workers, rows * n_chunks, 5)
+            gathered[n_workers] = best_rate(lambda: fitted().compute(), rows * n_chunks, 3)  # nothing kept
         print(f"dask, {n_workers} worker process(es): {rates[n_workers] / 1e3:9.1f} k pixels/s "
               f"({rates[n_workers] / rates[1]:.2f} x one worker; results kept on the workers), "
               f"{gathered[n_workers] / 1e3:.1f} k pixels/s ({gathered[n_workers] / gathered[1]:.2f} x) "
