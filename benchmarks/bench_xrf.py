@@ -11,7 +11,8 @@ detectors store counts). Single-threaded BLAS (per-core figures). Printed:
   on float32 and on uint32 spectra, as ratios to the matching floor;
 - the SNIP option (per-pixel SNIP background, then the linear fit without continuum);
 - with ``--workers N``: ``fit_xrf``'s chunked fit (``xmulti.xrf.maps.fit_chunks``) over a Dask array on the local cluster
-  :func:`xmulti.dask_client` starts, with 1 and N worker processes (scaling), ratio to one worker.
+  :func:`xmulti.dask_client` starts, with 1 and N worker processes (scaling), ratio to one worker;
+  and, for comparison, N plain processes running the cast + product floor against one.
 """
 
 from __future__ import annotations
@@ -98,6 +99,37 @@ def main() -> None:
         scaling(counts, plan, args.workers, args.scaling_pixels)
 
 
+def _floor_rate(seconds: float, queue) -> None:
+    """Cast + product floor on 4096 spectra, repeated for ``seconds``; spectra per second to ``queue``."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(1.0, (4096, 2048)).astype(np.uint32)
+    design = rng.random((2048, 18), dtype=np.float32)
+    counts.astype(np.float32) @ design
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        counts.astype(np.float32) @ design
+        n += 1
+    queue.put(4096 * n / (time.perf_counter() - start))
+
+
+def hardware_scaling(workers: int, seconds: float = 4.0) -> float:
+    """Aggregate rate of the cast + product floor in ``workers`` processes over one process: the
+    scaling the machine itself allows (memory bandwidth, shared cores), for comparison."""
+    import multiprocessing
+
+    rates = []
+    for n in (1, workers):
+        queue = multiprocessing.Queue()
+        procs = [multiprocessing.Process(target=_floor_rate, args=(seconds, queue)) for _ in range(n)]
+        for proc in procs:
+            proc.start()
+        total = sum(queue.get() for _ in procs)
+        for proc in procs:
+            proc.join()
+        rates.append(total)
+    return rates[1] / rates[0]
+
+
 def _known(keys, dask_scheduler=None) -> bool:
     return any(key in dask_scheduler.tasks for key in keys)
 
@@ -152,6 +184,8 @@ def scaling(counts, plan, workers: int, n_pixels: int) -> None:
               f"({rates[n_workers] / rates[1]:.2f} x one worker; results kept on the workers), "
               f"{gathered[n_workers] / 1e3:.1f} k pixels/s ({gathered[n_workers] / gathered[1]:.2f} x) "
               f"with every result gathered to the client")
+    print(f"the machine's own scaling: {workers} processes running the cast + product floor = "
+          f"{hardware_scaling(workers):.2f} x one")
 
 
 if __name__ == "__main__":
