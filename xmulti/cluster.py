@@ -8,7 +8,6 @@ Profiles are YAML files (``cluster/*.yaml`` ship with xmulti; see ``cluster/READ
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import inspect
 import os
 from collections.abc import Iterator
@@ -165,7 +164,6 @@ def start_client(
     n_workers: int | None = None,
     wait_for_workers: int = 1,
     timeout_s: float = 30.0,
-    dashboard: bool = True,
 ) -> Any:
     """A ``dask.distributed.Client`` on a local process cluster, a running scheduler or batch jobs.
 
@@ -186,17 +184,16 @@ def start_client(
         Wait until this many workers are up (local and scheduler address).
     timeout_s : float
         How long to wait for a scheduler or workers.
-    dashboard : bool
-        Local cluster only: serve Dask's dashboard on a free port (``client.dashboard_link``)
-        when bokeh is installed (the ``notebooks`` and ``hpc`` extras include it).
 
     Returns
     -------
     dask.distributed.Client
 
     Without ``scheduler`` or ``profile``: a local cluster of single-threaded worker *processes*
-    sized to the machine (HDF5 reads scale with processes, not threads). Every worker, whichever
-    the kind of cluster, gets the allocator settings of :mod:`xmulti.worker_memory`.
+    sized to the machine (HDF5 reads scale with processes, not threads), its HTTP server on a
+    free port (Dask's dashboard at ``client.dashboard_link`` when bokeh is installed; the
+    ``notebooks`` and ``hpc`` extras include it). Every worker, whichever the kind of cluster,
+    gets the allocator settings of :mod:`xmulti.worker_memory`.
     """
     from dask.distributed import Client
 
@@ -216,12 +213,11 @@ def start_client(
         client = Client(cluster)
     else:
         workers, memory = local_cluster_size()
-        serve = dashboard and importlib.util.find_spec("bokeh") is not None
         # given cluster keywords, the client starts the LocalCluster and owns it: closing the
         # client closes the cluster
         client = Client(
             n_workers=n_workers or workers, threads_per_worker=1, processes=True, memory_limit=memory,
-            dashboard_address=":0" if serve else None, silence_logs=40,
+            dashboard_address=":0", silence_logs=40,
         )
     try:
         tune_workers(client)
@@ -251,9 +247,9 @@ def dask_client(
     """:func:`start_client` for the duration of a ``with`` block: the client and any cluster it
     started (local or dask-jobqueue) are closed at the end; a cluster joined by address is not.
 
-    Parameters are those of :func:`start_client` (no dashboard: this is for scripts).
+    Parameters are those of :func:`start_client`.
     """
-    client = start_client(scheduler, profile, n_workers, wait_for_workers, timeout_s, dashboard=False)
+    client = start_client(scheduler, profile, n_workers, wait_for_workers, timeout_s)
     try:
         yield client
     finally:
