@@ -167,40 +167,10 @@ def lazy_result_dataset(obj, probe, positions_px, errors, origin, dx_um: float, 
     """:func:`xmulti.ptycho.reconstruct.result_dataset` for a stitched object given as a Dask array:
     the same variables, coordinates and attributes, with ``phase``, ``amplitude`` and
     ``illumination`` as Dask arrays of ``block``-square chunks."""
-    import xarray as xr
+    from .reconstruct import assemble_result
 
-    shape = obj.shape
-    illum = illumination_blocks(probe, positions_px, shape, block)
+    illum = illumination_blocks(probe, positions_px, obj.shape, block)
     (illum_max,) = compute(illum.max())
     factor = np.complex64(normalization_factor(obj, illum, compute, illumination_max=float(illum_max)))
-    obj = obj * factor
-    probe_out = probe / factor
-    y = origin[0] + dx_um * np.arange(shape[0])
-    x = origin[1] + dx_um * np.arange(shape[1])
-    corrected = origin + positions_px * dx_um
-    if probe_out.shape[0] == 1:
-        probe_var = (("probe_y", "probe_x"), probe_out[0], {"units": "sqrt(photons)"})
-    else:
-        probe_var = (("probe_mode", "probe_y", "probe_x"), probe_out, {"units": "sqrt(photons)"})
-    import dask.array as da
-
-    return xr.Dataset(
-        {
-            "phase": (("y", "x"), da.angle(obj).astype(np.float32), {"units": "rad"}),
-            "amplitude": (("y", "x"), da.abs(obj).astype(np.float32), {"units": "1"}),
-            "illumination": (("y", "x"), illum / np.float32(illum_max),
-                             {"units": "1", "long_name": "relative illumination"}),
-            "probe": probe_var,
-            "pixel_size": ((), dx_um * 1e3, {"units": "nm"}),
-            "error": (("iteration",), np.asarray(errors, np.float64), {"units": "1"}),
-            "corrected_position_y": (("position",), corrected[:, 0], {"units": "um"}),
-            "corrected_position_x": (("position",), corrected[:, 1], {"units": "um"}),
-        },
-        coords={
-            "y": ("y", y, {"units": "um"}),
-            "x": ("x", x, {"units": "um"}),
-            "position_y": ("position", positions_um[:, 0], {"units": "um"}),
-            "position_x": ("position", positions_um[:, 1], {"units": "um"}),
-        },
-        attrs={**attrs, "pixel_size_nm": dx_um * 1e3, "origin_um": [float(origin[0]), float(origin[1])]},
-    )
+    return assemble_result(obj * factor, illum / np.float32(illum_max), probe / factor, positions_px, errors,
+                           origin, dx_um, positions_um, attrs)

@@ -271,23 +271,36 @@ def reconstruct(
 def result_dataset(obj, probe, positions_px, errors, origin, dx_um: float, positions_um, attrs: dict):
     """The ``/reconstructed``-shaped Dataset of a finished reconstruction (ambiguities fixed by
     :func:`normalize_ambiguities`; coordinates in um, pixel centres, stage frame)."""
+    illum = illumination_map(probe, positions_px, obj.shape)
+    obj, probe_out = normalize_ambiguities(obj, probe, illum)
+    return assemble_result(obj, illum / illum.max(), probe_out, positions_px, errors, origin, dx_um,
+                           positions_um, attrs)
+
+
+def assemble_result(obj, illumination, probe, positions_px, errors, origin, dx_um: float, positions_um,
+                    attrs: dict):
+    """The ``/reconstructed``-shaped Dataset from a normalised object and probe.
+
+    ``obj`` (complex) and ``illumination`` (relative, float) are numpy arrays or Dask arrays
+    (a stitched object blended on the workers); the images keep their kind. Coordinates are
+    pixel centres in um in the stage frame: ``origin + index * dx_um``.
+    """
     import xarray as xr
 
     shape = obj.shape
-    illum = illumination_map(probe, positions_px, shape)
-    obj, probe_out = normalize_ambiguities(obj, probe, illum)
     y = origin[0] + dx_um * np.arange(shape[0])
     x = origin[1] + dx_um * np.arange(shape[1])
     corrected = origin + positions_px * dx_um
-    if probe_out.shape[0] == 1:
-        probe_var = (("probe_y", "probe_x"), probe_out[0], {"units": "sqrt(photons)"})
+    if probe.shape[0] == 1:
+        probe_var = (("probe_y", "probe_x"), probe[0], {"units": "sqrt(photons)"})
     else:
-        probe_var = (("probe_mode", "probe_y", "probe_x"), probe_out, {"units": "sqrt(photons)"})
+        probe_var = (("probe_mode", "probe_y", "probe_x"), probe, {"units": "sqrt(photons)"})
     return xr.Dataset(
         {
+            # np.angle / np.abs dispatch to Dask for Dask arrays
             "phase": (("y", "x"), np.angle(obj).astype(np.float32), {"units": "rad"}),
             "amplitude": (("y", "x"), np.abs(obj).astype(np.float32), {"units": "1"}),
-            "illumination": (("y", "x"), illum / illum.max(), {"units": "1", "long_name": "relative illumination"}),
+            "illumination": (("y", "x"), illumination, {"units": "1", "long_name": "relative illumination"}),
             "probe": probe_var,
             "pixel_size": ((), dx_um * 1e3, {"units": "nm"}),
             "error": (("iteration",), np.asarray(errors, np.float64), {"units": "1"}),
