@@ -160,32 +160,17 @@ def run_pipeline(
     return reports
 
 
-def _malloc_trim() -> bool:
-    """Return freed heap memory of this process to the system (glibc ``malloc_trim``); False
-    where there is none."""
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return bool(trim(0))
-
-
 def _release_memory(client) -> None:
     """Collect garbage and trim the heap of the client and of every worker between stages."""
     import gc
 
+    from .worker_memory import trim_heap
+
     gc.collect()
-    _malloc_trim()
+    trim_heap()
     if client is not None:
         try:
-            client.run(_malloc_trim)
+            client.run(trim_heap)
         except (OSError, TimeoutError):  # a worker gone: nothing to release there
             pass
 

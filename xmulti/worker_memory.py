@@ -26,7 +26,9 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-__all__ = ["TRIM_THRESHOLD_BYTES", "MMAP_THRESHOLD_BYTES", "tune_allocator", "AllocatorTuning", "tune_workers"]
+__all__ = [
+    "TRIM_THRESHOLD_BYTES", "MMAP_THRESHOLD_BYTES", "tune_allocator", "trim_heap", "AllocatorTuning", "tune_workers",
+]
 
 #: Free memory at the top of the heap kept for reuse before glibc returns it (bytes).
 TRIM_THRESHOLD_BYTES = 32 * 2**20
@@ -36,6 +38,16 @@ MMAP_THRESHOLD_BYTES = 16 * 2**20
 # mallopt parameter numbers from glibc's malloc.h
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+
+
+def _glibc_function(name: str):
+    """``name`` from the C library when it is glibc on Linux, else None (nothing to tune)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # musl and others: no such function
+        return None
 
 
 def tune_allocator(
@@ -55,17 +67,28 @@ def tune_allocator(
     bool
         Whether both were set (False off Linux/glibc, where nothing is changed).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: no mallopt
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_bytes))) and bool(
         mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold_bytes))
     )
+
+
+def trim_heap() -> bool:
+    """Return the freed heap memory of the calling process to the system (glibc ``malloc_trim``).
+
+    Returns
+    -------
+    bool
+        Whether memory was released (False also where there is no glibc).
+    """
+    trim = _glibc_function("malloc_trim")
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
 
 
 class AllocatorTuning(WorkerPlugin):
