@@ -82,6 +82,9 @@ def _parse_tiles(text: str | None) -> tuple[int, int] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Open the scan, reconstruct, write the result."""
+    import contextlib
+
+    from ..cluster import dask_client
     from ..errors import InvalidInputError
     from ..io.results import provenance
     from ..io.scan import open_scan
@@ -107,16 +110,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.halo is not None or args.sync_every is not None or args.scheduler:
         raise InvalidInputError("--halo, --sync-every and --scheduler go with --tiles")
     progress = None if args.quiet else _progress_printer()
-    if tiles is None:
-        result = reconstruct(tree, progress=progress, **options)
-    else:
-        from ..cluster import dask_client
-
-        # the image is blended and written block by block on the workers, inside the client block
-        with dask_client(args.scheduler) as client:
-            result = reconstruct(tree, progress=progress, client=client, lazy=True, **{**options, "tiles": tiles})
-            write_result(args.out, result, provenance("reconstruct", options, args.scan))
-    if tiles is None:
+    # tiled: the image is blended and written block by block on the workers, so the result is
+    # written inside the client block
+    with dask_client(args.scheduler) if tiles is not None else contextlib.nullcontext() as client:
+        result = reconstruct(tree, progress=progress, client=client, lazy=client is not None, **options)
         write_result(args.out, result, provenance("reconstruct", options, args.scan))
     print(
         f"reconstructed {result.sizes['y']}x{result.sizes['x']} pixels of "
