@@ -182,11 +182,8 @@ def position_test_cells(workers: int, iterations: int, preset: str = "small") ->
     dx = sim.pixel_size_um
     true = sim.true_positions_um / dx
     corrected = np.stack([ds.corrected_position_y.values, ds.corrected_position_x.values], 1) / dx
-    tp = sim.fractional_positions(sim.true_positions_um)
-    yy, xx = np.nonzero(sim.phantom.cell_labels > 0)
-    r2 = (sim.config.probe_diameter_px / 2) ** 2
-    sees = np.array([np.any((yy - p[0]) ** 2 + (xx - p[1]) ** 2 < r2) for p in tp])
-    every = np.ones(len(tp), bool)
+    sees = sim.beams_over_cells()
+    every = np.ones(len(sees), bool)
     recorded = sim.positions_um / dx
     return (_rms(recorded - true, sees), _rms(corrected - true, sees),
             _rms(recorded - true, every), _rms(corrected - true, every))

@@ -106,10 +106,7 @@ def test_position_correction_on_the_cell_phantom(shaken, seed):
     true = sim.true_positions_um / dx
     recorded = sim.positions_um / dx
     corrected = np.stack([ds.corrected_position_y.values, ds.corrected_position_x.values], 1) / dx
-    tp = sim.fractional_positions(sim.true_positions_um)
-    yy, xx = np.nonzero(sim.phantom.cell_labels > 0)
-    r2 = (sim.config.probe_diameter_px / 2) ** 2
-    sees = np.array([np.any((yy - p[0]) ** 2 + (xx - p[1]) ** 2 < r2) for p in tp])
+    sees = sim.beams_over_cells()
     before, after = _rms((recorded - true)[sees]), _rms((corrected - true)[sees])
     print("RMS on windows seeing cells", before, "->", after, "all", _rms(corrected - true))
     assert sees.sum() > 30 and before > 2.5

@@ -125,6 +125,13 @@ class SimulatedScan:
         p = self.true_positions_um if positions_um is None else positions_um
         return (p - np.asarray(self.origin_um)) / self.pixel_size_um
 
+    def beams_over_cells(self) -> np.ndarray:
+        """(P,) bool: whether the probe disc (``probe_diameter_px``) at each true position covers a
+        cell pixel; only those windows carry position information on the cell phantom."""
+        yy, xx = np.nonzero(self.phantom.cell_labels > 0)
+        r2 = (self.config.probe_diameter_px / 2) ** 2
+        return np.array([np.any((yy - p[0]) ** 2 + (xx - p[1]) ** 2 < r2) for p in self.fractional_positions()])
+
     def write(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the scan in the combined layout with a ``/truth`` group."""
         from ..io.layout import PtychoData, XRFData, write_scan
