@@ -203,6 +203,20 @@ class JointProblem:
         self.probe = np.asarray(probe, self.complex_dtype).reshape(self.probe.shape)
         self._spectrum = self.fft.forward(self.probe.copy())
 
+    def regularisers(self, t_um: np.ndarray, c_ug_cm2: np.ndarray) -> tuple[float, np.ndarray | float, np.ndarray | float]:
+        """The terms that involve no data: value and gradients with respect to ``t`` and ``c``.
+
+        They act on the whole grid at once, so a tile-parallel evaluation sums the tiles' data
+        terms and adds these once.
+        """
+        reg, grad_t, grad_c = 0.0, 0.0, 0.0
+        if self.smooth_scale is not None and np.any(self.smooth_scale > 0):
+            reg, grad_c = smoothness(c_ug_cm2, self.edge_weight_y, self.edge_weight_x, self.smooth_scale)
+        if self.background is not None and self.background_weight > 0:
+            pin, grad_t = background_plane(t_um, self.background, self.background_weight)
+            reg += pin
+        return reg, grad_t, grad_c
+
     def evaluate(
         self, t_um: np.ndarray, c_ug_cm2: np.ndarray, probe: np.ndarray | None = None
     ) -> tuple[float, dict, dict]:
@@ -269,14 +283,9 @@ class JointProblem:
             # dO/dc_i = O (-i k eps_i): dL/dc_i = 2 Re(conj(G) O (-i k) eps_i)
             base = np.conj(grad_obj) * obj * (-1j * self.object_model.wavenumber_per_um)
             grad_c = grad_c + 2.0 * np.real(base[None] * np.asarray(eps)[:, None, None])
-        reg = 0.0
-        if self.smooth_scale is not None and np.any(self.smooth_scale > 0):
-            reg, grad_r = smoothness(c_ug_cm2, self.edge_weight_y, self.edge_weight_x, self.smooth_scale)
-            grad_c = grad_c + grad_r
-        if self.background is not None and self.background_weight > 0:
-            pin, grad_pin = background_plane(t_um, self.background, self.background_weight)
-            reg += pin
-            grad_t = grad_t + grad_pin
+        reg, reg_t, reg_c = self.regularisers(t_um, c_ug_cm2)
+        grad_t = grad_t + reg_t
+        grad_c = grad_c + reg_c
         self.evaluations += 1
         grads = {"t": grad_t, "c": grad_c}
         if grad_probe is not None:
