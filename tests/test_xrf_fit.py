@@ -161,6 +161,8 @@ def test_empty_nan_and_negative_spectra():
     bad[2, 500] = -1.0
     with pytest.raises(InvalidInputError, match="NaN or negative"):
         fit_spectra(bad, plan)
+    with pytest.raises(InvalidInputError, match="NaN or negative"):  # signed raw counts (int16 files)
+        fit_spectra(bad.astype(np.int16), plan)
     with pytest.raises(InvalidInputError, match="position, channel"):
         fit_spectra(spectra[0], plan)
 
