@@ -1,0 +1,132 @@
+"""Tile-parallel joint objective (issue 8): the tiles on a process cluster give the one-process
+objective, gradients, curvatures and L-BFGS-B iterates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xmulti
+from xmulti.errors import InvalidInputError
+from xmulti.joint.distributed import distribute, split_positions, tile_grid
+from xmulti.joint.problem import FrameSource
+from xmulti.joint.setup import build_problem
+from xmulti.joint.solve import solve
+from xmulti.simulate import make_scan
+from xmulti.xrf.quantify import physical_sensitivity
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    """A tiny 5 um cell with self-absorption, a short separate reconstruction and its XRF maps
+    (the objective's equality does not need a converged start)."""
+    sim = make_scan("tiny", seed=2, self_absorption=True, cell_thickness_um=5.0)
+    tree = xmulti.open_scan(sim.write(tmp_path_factory.mktemp("joint_dist") / "thick.h5"))
+    recon = xmulti.reconstruct(tree, "lsqml", iterations=20)
+    maps = xmulti.fit_xrf(tree, list(sim.elements)).compute()
+    cfg = sim.config
+    sens = {el: cfg.flux * physical_sensitivity(el, cfg.energy_keV) * 1e-6 / cfg.i0_counts for el in sim.elements}
+    return sim, tree, recon, maps, sens
+
+
+def _problem(scan, in_memory: bool = False):
+    """A fresh full problem (its probe is changed by solve); frames lazy (from the file's graph)
+    or in memory (scattered to the workers)."""
+    sim, tree, recon, maps, sens = scan
+    problem, t0, c0, _ = build_problem(tree, recon, maps, sensitivity=sens, batch=16)
+    if in_memory:
+        counts = np.asarray(tree["ptychography"]["diffraction"].values)
+        problem.frames = FrameSource(counts, None, batch=16)
+    return problem, t0, c0
+
+
+def _relative(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _perturbed(t0, c0, rng):
+    """A point off the start, so that no gradient term vanishes by construction."""
+    t = np.clip(t0 + 0.05 * rng.standard_normal(t0.shape), 0, None)
+    c = np.clip(c0 * (1 + 0.2 * rng.standard_normal(c0.shape)), 0, None)
+    return t, c
+
+
+@pytest.mark.parametrize("tiles, in_memory", [(None, False), ((2, 3), True)])
+def test_tiles_give_the_one_process_objective(scan, process_cluster, tiles, in_memory):
+    problem, t0, c0 = _problem(scan, in_memory)
+    sim = scan[0]
+    assert problem.smooth_scale is not None and problem.background is not None  # regularisers present
+    assert not np.allclose(problem.frac, 0)  # subpixel positions: the tiles shift their probes too
+    t, c = _perturbed(t0, c0, np.random.default_rng(0))
+    probe = problem.probe * (1 + 0.05 * np.random.default_rng(1).standard_normal(problem.probe.shape))
+    with distribute(problem, process_cluster, tiles=tiles) as dist:
+        # every position in exactly one tile, its window inside the tile's sub-grid
+        members = np.concatenate([p.members for p in dist.parts])
+        assert np.array_equal(np.sort(members), np.arange(len(sim.positions_um)))
+        assert len(dist.parts) == (2 if tiles is None else 6)
+        for part in dist.parts:
+            corners = problem.corners[part.members] - np.asarray(part.offset)
+            assert corners.min() >= 0 and (corners + problem.probe.shape[-1] <= np.asarray(part.shape)).all()
+            assert part.shape[0] < problem.shape[0] or part.shape[1] < problem.shape[1]
+
+        for p in (probe, None):  # probe refined (its gradient too), then held
+            value, grads, terms = dist.evaluate(t, c, p)
+            ref_value, ref_grads, ref_terms = problem.evaluate(t, c, p)
+            assert value == pytest.approx(ref_value, rel=1e-6)
+            for key in ("ptycho", "xrf", "smoothness"):
+                assert terms[key] == pytest.approx(ref_terms[key], rel=1e-6)
+            assert terms["smoothness"] > 0 and terms["xrf"] > 0
+            assert set(grads) == set(ref_grads) == ({"t", "c", "probe"} if p is not None else {"t", "c"})
+            for key in grads:
+                assert _relative(grads[key], ref_grads[key]) < 1e-4, key
+        # set_probe reaches the tiles: the held-probe evaluation follows it
+        dist.set_probe(problem.probe * 0.9)
+        assert dist.evaluate(t, c)[0] == pytest.approx(problem.evaluate(t, c)[0], rel=1e-6)
+
+        illum, xrf = dist.curvatures()
+        ref_illum, ref_xrf = problem.curvatures()
+        assert _relative(illum, ref_illum) < 1e-6 and _relative(xrf, ref_xrf) < 1e-6
+
+
+def test_solve_on_tiles_follows_the_one_process_solve(scan, process_cluster):
+    one, t0, c0 = _problem(scan)
+    t_ref, c_ref, probe_ref, hist_ref = solve(one, t0, c0, iterations=3)
+    full, t0, c0 = _problem(scan)
+    with distribute(full, process_cluster, tiles=4) as dist:
+        t, c, probe, hist = solve(dist, t0, c0, iterations=3)
+        assert dist.evaluations == one.evaluations
+    assert hist[-1]["objective"] < hist[0]["objective"]  # it moved
+    assert np.abs(t - t0).max() > 1e-3
+    assert [h["objective"] for h in hist] == pytest.approx([h["objective"] for h in hist_ref], rel=1e-6)
+    assert _relative(t, t_ref) < 1e-5 and _relative(c, c_ref) < 1e-5 and _relative(probe, probe_ref) < 1e-5
+    assert np.allclose(full.probe, probe)  # left at the solution, as solve does with a plain problem
+
+
+def test_tile_grid_follows_the_scan():
+    square = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0), indexing="ij"), -1).reshape(-1, 2)
+    wide = square * np.array([1.0, 4.0])
+    assert tile_grid(None, 2, square, 8) in ((1, 2), (2, 1))
+    assert tile_grid(4, 2, square, 8) == (2, 2)
+    assert tile_grid(4, 2, wide, 8) == (1, 4)
+    assert tile_grid((3, 1), 2, wide, 8) == (3, 1)
+
+
+def test_split_positions_counts_each_position_once(scan):
+    problem, _, _ = _problem(scan)
+    parts = split_positions(problem, (3, 2))
+    members = np.concatenate([p.members for p in parts])
+    assert np.array_equal(np.sort(members), np.arange(len(problem.positions_px)))
+    assert max(len(p.members) for p in parts) - min(len(p.members) for p in parts) <= 10  # equal-count bands
+
+
+@pytest.mark.parametrize("tiles", [0, -2, 2.5, "4", True, (2,), (0, 3), (2, 2.0), 10**6, (100, 100)])
+def test_bad_tiles_are_named(scan, process_cluster, tiles):
+    problem, _, _ = _problem(scan)
+    with pytest.raises(InvalidInputError, match="tiles"):
+        distribute(problem, process_cluster, tiles=tiles)
+
+
+def test_distribute_needs_a_client(scan):
+    problem, _, _ = _problem(scan)
+    with pytest.raises(InvalidInputError, match="Client"):
+        distribute(problem, None)
