@@ -17,7 +17,7 @@ the same geometry. ``cells`` is :func:`xmulti.metrics.region_phase_contrast` (me
 cell over the background, reconstruction / truth). Position correction: 3 px RMS random
 position errors.
 
-Run: ``python benchmarks/bench_ptycho.py [--quick] [--workers W]``.
+Run: ``python benchmarks/bench_ptycho.py [--quick] [--workers W] [--timing-only]``.
 """
 
 from __future__ import annotations
@@ -260,6 +260,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs (a smoke run)")
     parser.add_argument("--workers", type=int, default=2, help="FFT threads (default 2)")
+    parser.add_argument("--timing-only", action="store_true", help="only the time-per-epoch cases")
     args = parser.parse_args()
     w = args.workers
     reps = 3 if args.quick else 8
@@ -280,6 +281,8 @@ def main() -> None:
             epoch, floor, ratio = time_epochs(sim, engine, w, count, EngineOptions())
             print(f"time/epoch {label} positions {engine:6s}: {ratio:5.2f} x floor "
                   f"(min epoch {epoch * 1e3:.1f} ms, min floor {floor * 1e3:.1f} ms)", flush=True)
+    if args.timing_only:
+        return
 
     print("# accuracy on the reference problem with the simulator's 0.3 px position jitter (a")
     print("# perfect raster lets a free probe develop grid artefacts), phase NRMSE at epochs;")

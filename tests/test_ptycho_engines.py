@@ -238,3 +238,39 @@ def test_tile_on_object_subarray_matches_full_array(problem, engine):
     untouched = np.ones(p.obj.shape, bool)
     untouched[lo[0] : hi[0], lo[1] : hi[1]] = False
     assert np.all(full.obj[untouched] == 1)
+
+
+@pytest.mark.parametrize("engine", ["rpie", "lsqml"])
+@pytest.mark.parametrize("jitter_px", [0.0, 0.6])
+def test_threaded_batches_match_single_thread(engine, jitter_px):
+    """An epoch whose batches are split over two threads (each part's object/probe sums added
+    afterwards) changes object, probe, positions and intensity factors as one thread does, to
+    float32 rounding; with probe update and intensity fit, for rPIE also position correction
+    (batches of 8 split 4 + 4), for LSQ-ML chunks of a few positions within each part. One epoch
+    from a partly converged state: over many epochs rounding differences grow (momentum)."""
+    from xmulti.ptycho import FFT2
+    from xmulti.ptycho.batch import split_batch
+
+    p = make_problem((8, 8), 32, 0.7, diameter_px=16, photons=1e6, jitter_px=jitter_px, seed=3)
+    frames = prepare_frames(p.frames)
+    guess = scale_probe_power(plain_probe(32, 20)[None], frames.mean_counts)
+    if engine == "rpie":
+        opts = EngineOptions(probe_update_start=0, intensity_start=0, position_correction=True,
+                             position_start=5)
+    else:
+        opts = EngineOptions(probe_update_start=0, intensity_start=0, chunk_bytes=5 * 8 * 32 * 32)
+    assert len(split_batch(np.arange(8), FFT2(np, 2))) == 2  # the threaded path is taken
+    start = ReconState(np.ones(p.obj.shape, np.complex64), guess.copy(), p.positions_px.copy())
+    run_engine(start, frames, engine, 5, opts, FFT2(np, 1))
+    one, two = (run_engine(start.copy(), frames, engine, 1, opts, FFT2(np, w)) for w in (1, 2))
+    d_obj, d_probe = one.obj - start.obj, one.probe - start.probe
+    assert np.abs(d_obj).max() > 1e-3 and np.abs(d_probe).max() > 1e-3 * np.abs(start.probe).max()
+    np.testing.assert_allclose(two.obj - start.obj, d_obj, rtol=0, atol=1e-4 * np.abs(d_obj).max())
+    np.testing.assert_allclose(two.probe - start.probe, d_probe, rtol=0, atol=1e-4 * np.abs(d_probe).max())
+    d_pos = one.positions_px - start.positions_px
+    if engine == "rpie":
+        assert np.abs(d_pos).max() > 1e-3  # positions did move
+    np.testing.assert_allclose(two.positions_px - start.positions_px, d_pos, rtol=0,
+                               atol=1e-3 * max(np.abs(d_pos).max(), 1e-3))
+    np.testing.assert_allclose(two.errors, one.errors, rtol=1e-6)
+    np.testing.assert_allclose(two.intensity_scale, one.intensity_scale, rtol=1e-6)

@@ -8,6 +8,10 @@ them to the detector, apply the detector constraint and come back with the exit-
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +24,12 @@ from .fourier import fourier_update
 from .shift import is_integral, shifted_probes
 from .state import ReconState
 
-__all__ = ["BatchWork", "exit_wave_update"]
+__all__ = ["BatchWork", "exit_wave_update", "split_batch", "run_parts"]
+
+# fewest positions per thread: below that the thread hand-over costs more than it saves
+_MIN_PART = 4
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -103,3 +112,38 @@ def exit_wave_update(
     )
     chi = fft.inverse(spec)
     return BatchWork(index, corners, frac, patches, probes, chi, error, norm, factor)
+
+
+def split_batch(index: np.ndarray, fft: FFT2, min_part: int = _MIN_PART) -> list[tuple[int, np.ndarray]]:
+    """Split a batch into one contiguous part per FFT thread: ``(offset in the batch, positions)``.
+
+    One part only when the array module is not numpy (a GPU works on the whole batch) or the
+    batch is too small to share.
+    """
+    threads = fft.workers if fft.xp is np else 1
+    parts = max(1, min(int(threads or 1), len(index) // min_part))
+    bounds = np.linspace(0, len(index), parts + 1).round().astype(int)
+    return [(int(a), index[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    # one persistent pool per process (a pool inherited through fork has no threads) and size
+    key = (os.getpid(), workers)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="xmulti-ptycho")
+        return _POOLS[key]
+
+
+def run_parts(task: Callable[[Any, FFT2], Any], parts: list, fft: FFT2) -> list:
+    """``task(part, fft_of_its_thread)`` for every part, concurrently when there are several.
+
+    Each part runs in a thread of a persistent pool of ``fft.workers`` threads with one-thread
+    FFTs, so the element-wise work (which numpy runs on one core, releasing the GIL) is spread
+    over the cores like the FFTs. Results are returned in the order of ``parts``.
+    """
+    if len(parts) == 1:
+        return [task(parts[0], fft)]
+    single = FFT2(fft.xp, 1)
+    futures = [_pool(int(fft.workers)).submit(task, part, single) for part in parts]
+    return [f.result() for f in futures]

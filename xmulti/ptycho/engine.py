@@ -13,15 +13,16 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import InvalidInputError
-from .batch import exit_wave_update
+from .batch import exit_wave_update, run_parts, split_batch
 from .data import Frames
 from .fft import FFT2, get_xp
 from .forward import check_windows, window_corners
 from .lsqml import LsqmlAccumulator, lsqml_update
 from .positions import clip_positions, refine_shifts, search_shifts
 from .probe import orthogonalize_modes
-from .rpie import rpie_update
+from .rpie import rpie_apply, rpie_update
 from .state import EngineOptions, ReconState
+from .updates import UpdateSums
 
 __all__ = ["ENGINES", "run_engine"]
 
@@ -113,6 +114,60 @@ def _search_positions(state: ReconState, frames: Frames, usable: np.ndarray, fft
     state.positions_px = clip_positions(state.positions_px, n, state.obj.shape)
 
 
+def _run_batch(state: ReconState, frames: Frames, idx: np.ndarray, engine: str, opts: EngineOptions,
+               fft: FFT2, chunk: int, update_probe: bool, fit_intensity: bool, correct: bool,
+               pos_floor: float, factors: np.ndarray | None) -> tuple[float, float, list, list]:
+    """One batch: exit-wave updates and their sums part by part (one part per FFT thread, each
+    worked through in chunks of at most ``chunk`` positions for LSQ-ML), the parts' sums added,
+    the update applied. Returns the detector error and norm, the position-gradient strengths
+    and the position shifts (to be applied by the caller)."""
+    n = state.probe.shape[-1]
+    corners, _ = window_corners(state.positions_px[idx], n)
+    lsqml = engine == "lsqml"
+
+    def part(item: tuple[int, np.ndarray], tfft: FFT2) -> tuple:
+        offset, sub = item
+        if lsqml:
+            sums = LsqmlAccumulator(state, len(idx), update_probe, tfft.xp, corners)
+        else:
+            sums = UpdateSums(corners, state.probe.shape, update_probe, tfft.xp)
+        err = norm = 0.0
+        strengths, moves = [], []
+        pieces = -(-len(sub) // chunk) if lsqml else 1  # equal chunks, none tiny
+        bounds = np.linspace(0, len(sub), pieces + 1).round().astype(int)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            cidx = sub[a:b]
+            work = exit_wave_update(state, frames, cidx, tfft, opts.noise, fit_intensity)
+            if work.intensity_factor is not None:
+                factors[cidx] = work.intensity_factor
+            err += work.error
+            norm += work.norm
+            if correct:
+                scale = None if state.intensity_scale is None else np.sqrt(state.intensity_scale[cidx])
+                shifts, strength = refine_shifts(
+                    work, state.obj, state.probe, state.positions_px[cidx], frames.amplitude[cidx],
+                    tfft, pos_floor, scale, opts.position_iterations, opts.position_step_px,
+                )
+                strengths.append((cidx, strength))
+                moves.append((cidx, shifts))
+            if lsqml:
+                sums.add(work, tfft, offset + int(a))
+            else:
+                sums.add(work, tfft)
+        return sums, err, norm, strengths, moves
+
+    results = run_parts(part, split_batch(idx, fft), fft)
+    sums = results[0][0]
+    for r in results[1:]:
+        sums.merge(r[0])
+    if lsqml:
+        sums.apply(state, opts, fft)
+    else:
+        rpie_apply(state, sums, opts)
+    return (sum(r[1] for r in results), sum(r[2] for r in results),
+            [s for r in results for s in r[3]], [m for r in results for m in r[4]])
+
+
 def run_engine(
     state: ReconState,
     frames: Frames,
@@ -166,7 +221,6 @@ def run_engine(
     if opts.batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {opts.batch_size}")
     fft = fft or FFT2(get_xp(state.obj))
-    update = ENGINES[engine]
     usable = np.flatnonzero(frames.usable)
     nominal = state.positions_px.copy()
     pos_floor = 0.0  # position-gradient regularisation, from the previous epoch
@@ -193,30 +247,12 @@ def run_engine(
             _search_positions(state, frames, usable, fft, chunk, opts.position_search_radius_px)
         for start in range(0, len(order), size):
             idx = np.sort(order[start : start + size])
-            acc = LsqmlAccumulator(state, len(idx), update_probe, fft.xp) if engine == "lsqml" else None
-            moves = []
-            for c in range(0, len(idx), chunk if acc is not None else len(idx)):
-                cidx = idx[c : c + chunk] if acc is not None else idx
-                work = exit_wave_update(state, frames, cidx, fft, opts.noise, fit_intensity)
-                if work.intensity_factor is not None:
-                    factors[cidx] = work.intensity_factor
-                err += work.error
-                norm += work.norm
-                if correct:
-                    scale = None if state.intensity_scale is None else np.sqrt(state.intensity_scale[cidx])
-                    shifts, strength = refine_shifts(
-                        work, state.obj, state.probe, state.positions_px[cidx], frames.amplitude[cidx],
-                        fft, pos_floor, scale, opts.position_iterations, opts.position_step_px,
-                    )
-                    strengths.append((cidx, strength))
-                    moves.append((cidx, shifts))
-                if acc is None:
-                    update(state, work, opts, fft, update_probe)
-                else:
-                    acc.add(work, fft)
-            if acc is not None:
-                acc.apply(state, opts, fft)
-            for cidx, shifts in moves:
+            batch = _run_batch(state, frames, idx, engine, opts, fft, chunk, update_probe,
+                               fit_intensity, correct, pos_floor, factors if fit_intensity else None)
+            err += batch[0]
+            norm += batch[1]
+            strengths += batch[2]
+            for cidx, shifts in batch[3]:
                 step = np.clip(opts.position_step * shifts, -opts.max_shift_px, opts.max_shift_px)
                 state.positions_px[cidx] += step
         if opts.momentum > 0:

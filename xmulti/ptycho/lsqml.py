@@ -27,7 +27,7 @@ from .fft import FFT2
 from .forward import extract_patches
 from .shift import shifted_probes
 from .state import EngineOptions, ReconState
-from .updates import object_sums, probe_sums
+from .updates import UpdateSums
 
 __all__ = ["lsqml_update", "real_dot"]
 
@@ -90,63 +90,85 @@ def optimal_steps(
 
 
 class LsqmlAccumulator:
-    """Sums of one LSQ-ML batch, accumulated chunk by chunk (memory bounded by the chunk).
+    """Sums of one LSQ-ML batch, accumulated part by part (memory bounded by the part).
 
-    ``add`` takes the exit-wave updates of a chunk of the batch's positions (all computed with
-    the same object and probe); ``apply`` forms the directions, estimates the steps on a sample
-    of the positions (their batch mean is what is applied) and updates the state.
+    ``add`` takes the exit-wave updates of a part of the batch's positions (all computed with
+    the same object and probe); parts may be accumulated in separate accumulators (threads) and
+    combined with ``merge``. ``apply`` forms the directions, estimates the steps on a sample of
+    the positions and updates the state.
+
+    Parameters
+    ----------
+    state : ReconState
+    n_positions : int
+        Positions of the whole batch.
+    update_probe : bool
+    xp : module
+    corners : ndarray (n_positions, 2), optional
+        Window corners of the whole batch: the sums live on their bounding box (default: the
+        whole object array).
     """
 
-    def __init__(self, state: ReconState, n_positions: int, update_probe: bool, xp: Any = np):
+    def __init__(self, state: ReconState, n_positions: int, update_probe: bool, xp: Any = np,
+                 corners: np.ndarray | None = None):
         self.xp = xp
         self.update_probe = update_probe
-        self.num = xp.zeros(state.obj.shape, np.complex64)
-        self.illum = xp.zeros(state.obj.shape, np.float32)
-        self.pnum = xp.zeros(state.probe.shape, np.complex64) if update_probe else None
-        self.pden = xp.zeros(state.probe.shape[1:], np.float32) if update_probe else None
+        n = state.probe.shape[-1]
+        if corners is None:
+            corners = np.array([[0, 0], [state.obj.shape[0] - n, state.obj.shape[1] - n]])
+        self.sums = UpdateSums(corners, state.probe.shape, update_probe, xp)
         self.stride = max(1, n_positions // _STEP_SAMPLE)
         self.seen = 0
         self.samples: list[tuple] = []
 
-    def add(self, work: BatchWork, fft: FFT2) -> None:
-        """Accumulate one chunk (``work.chi`` is consumed)."""
+    def add(self, work: BatchWork, fft: FFT2, offset: int | None = None) -> None:
+        """Accumulate one part (``work.chi`` is consumed).
+
+        ``offset`` is the index of the part's first position in the batch (default: right after
+        the parts added so far); it decides which positions are sampled for the step estimate.
+        """
+        offset = self.seen if offset is None else offset
         # positions kept for the step estimate: every stride-th of the whole batch
-        first = (-self.seen) % self.stride
+        first = (-offset) % self.stride
         pick = np.arange(first, len(work.index), self.stride)
-        self.seen += len(work.index)
+        self.seen = offset + len(work.index)
         if len(pick):
             probes = None if work.shared_probe else work.probes[pick]
             frac = None if work.frac is None else work.frac[pick]
-            self.samples.append((work.chi[pick], work.patches[pick], probes, work.corners[pick], frac))
-        if self.update_probe:
-            pnum, pden = probe_sums(work, fft)
-            self.pnum += pnum
-            self.pden += pden
-        box, num, illum, _ = object_sums(work, self.xp, consume=True)
-        self.num[box] += num
-        self.illum[box] += illum
+            self.samples.append(
+                (offset, work.chi[pick], work.patches[pick], probes, work.corners[pick], frac)
+            )
+        self.sums.add(work, fft)
+
+    def merge(self, other: LsqmlAccumulator) -> None:
+        """Add the sums and samples of another part of the same batch."""
+        self.sums.merge(other.sums)
+        self.samples += other.samples
 
     def apply(self, state: ReconState, opts: EngineOptions, fft: FFT2) -> None:
         """Directions, optimal steps, and the update of ``state`` (in place)."""
         xp = self.xp
         n = state.probe.shape[-1]
-        illum = self.illum
+        sums = self.sums
+        # samples in batch order: the pooled sums then do not depend on how the batch was split
+        samples = sorted(self.samples, key=lambda s: s[0])
+        illum = sums.illum
         illum += np.float32(opts.reg_object) * illum.max() + np.float32(1e-12)
-        d_obj = self.num
+        d_obj = sums.num  # on the batch's box; zero outside it
         d_obj /= illum
-        chi = xp.concatenate([s[0] for s in self.samples])
-        patches = xp.concatenate([s[1] for s in self.samples])
-        corners = np.concatenate([s[3] for s in self.samples])
-        shared = self.samples[0][2] is None
-        probes = state.probe[None] if shared else xp.concatenate([s[2] for s in self.samples])
+        chi = xp.concatenate([s[1] for s in samples])
+        patches = xp.concatenate([s[2] for s in samples])
+        corners = np.concatenate([s[4] for s in samples]) - sums.lo
+        shared = samples[0][3] is None
+        probes = state.probe[None] if shared else xp.concatenate([s[3] for s in samples])
         dop = extract_patches(d_obj, corners, n, xp)[:, None] * probes
         if self.update_probe:
-            pden = self.pden + np.float32(opts.reg_probe) * self.pden.max() + np.float32(1e-12)
-            d_probe = self.pnum / pden[None]
+            pden = sums.pden + np.float32(opts.reg_probe) * sums.pden.max() + np.float32(1e-12)
+            d_probe = sums.pnum / pden[None]
             if shared:
                 odp = patches[:, None] * d_probe[None]
             else:
-                frac = np.concatenate([s[4] for s in self.samples])
+                frac = np.concatenate([s[5] for s in samples])
                 odp = patches[:, None] * shifted_probes(fft.forward(d_probe.copy()), frac, fft)
             a_obj, a_probe = optimal_steps(chi, dop, odp, xp, pooled=True)
         else:
@@ -156,16 +178,18 @@ class LsqmlAccumulator:
         # and stalled the object at 1.3x the noise floor), kept in a sane range: the directions
         # are normalised so that a step of 1 is a full projection where illumination is strong
         step_o = np.float32(opts.relax * np.clip(float(a_obj.mean()), 0.0, 2.0))
-        state.obj += step_o * d_obj
+        d_obj *= step_o
+        state.obj[sums.box] += d_obj
         if self.update_probe:
             step_p = np.float32(opts.relax * np.clip(float(a_probe.mean()), 0.0, 2.0))
-            state.probe += step_p * d_probe
+            d_probe *= step_p
+            state.probe += d_probe
 
 
 def lsqml_update(
     state: ReconState, work: BatchWork, opts: EngineOptions, fft: FFT2, update_probe: bool
 ) -> None:
     """Apply the LSQ-ML object (and probe) update of one batch to ``state`` (in place)."""
-    acc = LsqmlAccumulator(state, len(work.index), update_probe, fft.xp)
+    acc = LsqmlAccumulator(state, len(work.index), update_probe, fft.xp, work.corners)
     acc.add(work, fft)
     acc.apply(state, opts, fft)

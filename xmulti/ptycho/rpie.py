@@ -18,28 +18,38 @@ import numpy as np
 from .batch import BatchWork
 from .fft import FFT2
 from .state import EngineOptions, ReconState
-from .updates import object_sums, probe_sums
+from .updates import UpdateSums
 
-__all__ = ["rpie_update"]
+__all__ = ["rpie_apply", "rpie_update"]
+
+
+def rpie_apply(state: ReconState, sums: UpdateSums, opts: EngineOptions) -> None:
+    """Apply the rPIE object (and probe, when ``sums`` has its sums) update of a batch (in place).
+
+    ``sums`` is consumed.
+    """
+    a = np.float32(opts.alpha)
+    illum = sums.illum
+    den = illum * (1 - a)
+    den += a * illum.max() + np.float32(1e-12)
+    den /= np.float32(opts.relax)
+    num = sums.num
+    num /= den
+    state.obj[sums.box] += num
+    if sums.pnum is not None:
+        b = np.float32(opts.beta)
+        pd = sums.pden * (1 - b)
+        pd += b * sums.pden.max() + np.float32(1e-12)
+        pd /= np.float32(opts.relax)
+        pnum = sums.pnum
+        pnum /= pd[None]
+        state.probe += pnum
 
 
 def rpie_update(
     state: ReconState, work: BatchWork, opts: EngineOptions, fft: FFT2, update_probe: bool
 ) -> None:
     """Apply the rPIE object (and probe) update of one batch to ``state`` (in place)."""
-    if update_probe:
-        pnum, pden = probe_sums(work, fft)
-    box, num, illum, _ = object_sums(work, fft.xp, consume=True)
-    a = np.float32(opts.alpha)
-    den = illum * (1 - a)
-    den += a * illum.max() + np.float32(1e-12)
-    den /= np.float32(opts.relax)
-    num /= den
-    state.obj[box] += num
-    if update_probe:
-        b = np.float32(opts.beta)
-        pd = pden * (1 - b)
-        pd += b * pden.max() + np.float32(1e-12)
-        pd /= np.float32(opts.relax)
-        pnum /= pd[None]
-        state.probe += pnum
+    sums = UpdateSums(work.corners, state.probe.shape, update_probe, fft.xp)
+    sums.add(work, fft)
+    rpie_apply(state, sums, opts)

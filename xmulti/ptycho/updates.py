@@ -16,10 +16,9 @@ import numpy as np
 
 from .batch import BatchWork
 from .fft import FFT2
-from .forward import accumulate_patches
 from .shift import unshift_sum
 
-__all__ = ["object_sums", "probe_sums", "power"]
+__all__ = ["UpdateSums", "add_object_sums", "bounding_box", "object_sums", "probe_sums", "power"]
 
 
 def power(a: Any, axis: Any = None) -> Any:
@@ -34,6 +33,46 @@ def power(a: Any, axis: Any = None) -> Any:
     if axis is not None:
         sq = sq.sum(axis=axis)
     return sq[..., 0::2] + sq[..., 1::2]
+
+
+def _object_terms(work: BatchWork, xp: Any, consume: bool) -> tuple[Any, Any, bool]:
+    """Per-window object numerators ``sum_k conj(P_jk) chi_jk`` (B, N, N) and illuminations.
+
+    The illumination is one (N, N) image when every window sees the same probe (flagged by the
+    third value), else (B, N, N).
+    """
+    if work.shared_probe:
+        probe = work.probes
+        if probe.shape[0] == 1:
+            if consume:
+                upd = work.chi[:, 0]
+                upd *= xp.conj(probe[0])
+            else:
+                upd = work.chi[:, 0] * xp.conj(probe[0])
+        else:
+            upd = (xp.conj(probe)[None] * work.chi).sum(axis=1)
+        return upd, power(probe, axis=0), True
+    if work.probes.shape[1] == 1 and consume:
+        upd = work.chi[:, 0]
+        upd *= xp.conj(work.probes[:, 0])  # in place: no (B, 1, N, N) temporary and sum
+    else:
+        upd = (xp.conj(work.probes) * work.chi).sum(axis=1)
+    probes = work.probes[:, 0] if work.probes.shape[1] == 1 else work.probes
+    return upd, power(probes, axis=None if probes.ndim == 3 else 1), False
+
+
+def add_object_sums(num: Any, illum: Any, work: BatchWork, local: np.ndarray, xp: Any = np,
+                    consume: bool = False) -> None:
+    """Add the batch's object numerator and illumination to ``num``/``illum`` (in place).
+
+    ``local`` (B, 2) are the window corners in the index frame of ``num`` and ``illum``.
+    """
+    upd, ill, shared = _object_terms(work, xp, consume)
+    n = upd.shape[-1]
+    # one loop for both sums: the per-window Python overhead is paid once
+    for b, (y, x) in enumerate(local.tolist()):
+        num[y : y + n, x : x + n] += upd[b]
+        illum[y : y + n, x : x + n] += ill if shared else ill[b]
 
 
 def object_sums(
@@ -54,38 +93,23 @@ def object_sums(
         Window corners relative to the box.
     """
     n = work.chi.shape[-1]
-    lo = work.corners.min(axis=0)
-    hi = work.corners.max(axis=0) + n
-    box = (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])))
+    box, lo, shape = bounding_box(work.corners, n)
     local = work.corners - lo
-    shape = (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
-    if work.shared_probe:
-        probe = work.probes
-        if probe.shape[0] == 1:
-            if consume:
-                upd = work.chi[:, 0]
-                upd *= xp.conj(probe[0])
-            else:
-                upd = work.chi[:, 0] * xp.conj(probe[0])
-        else:
-            upd = (xp.conj(probe)[None] * work.chi).sum(axis=1)
-        illum_one = power(probe, axis=0)
-        illum = xp.zeros(shape, np.float32)
-        # all windows see the same probe: accumulate one illumination per corner
-        for y, x in local.tolist():
-            illum[y : y + n, x : x + n] += illum_one
-    else:
-        if work.probes.shape[1] == 1 and consume:
-            upd = work.chi[:, 0]
-            upd *= xp.conj(work.probes[:, 0])  # in place: no (B, 1, N, N) temporary and sum
-        else:
-            upd = (xp.conj(work.probes) * work.chi).sum(axis=1)
-        illum = xp.zeros(shape, np.float32)
-        probes = work.probes[:, 0] if work.probes.shape[1] == 1 else work.probes
-        accumulate_patches(illum, power(probes, axis=None if probes.ndim == 3 else 1), local)
     num = xp.zeros(shape, np.complex64)
-    accumulate_patches(num, upd, local)
+    illum = xp.zeros(shape, np.float32)
+    add_object_sums(num, illum, work, local, xp, consume)
     return box, num, illum, local
+
+
+def bounding_box(corners: np.ndarray, n: int) -> tuple[tuple[slice, slice], np.ndarray, tuple[int, int]]:
+    """The region of the object array covered by the windows at ``corners`` (B, 2).
+
+    Returns the region as slices, its top-left corner and its shape.
+    """
+    lo = corners.min(axis=0)
+    hi = corners.max(axis=0) + n
+    box = (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])))
+    return box, lo, (int(hi[0] - lo[0]), int(hi[1] - lo[1]))
 
 
 def probe_sums(work: BatchWork, fft: FFT2) -> tuple[Any, Any]:
@@ -107,3 +131,45 @@ def probe_sums(work: BatchWork, fft: FFT2) -> tuple[Any, Any]:
         num = unshift_sum(per_position, work.frac, fft, overwrite=True)
     den = power(work.patches, axis=0)
     return num, den
+
+
+class UpdateSums:
+    """Object and probe update sums of one batch, on the bounding box of its windows.
+
+    The batch may be worked through in parts (chunks bounding memory, or sub-batches run in
+    threads, each with its own ``UpdateSums``): :meth:`add` accumulates a part's exit-wave
+    updates and :meth:`merge` adds the sums of another part of the same batch.
+
+    Parameters
+    ----------
+    corners : ndarray (B, 2) int
+        Window corners of the whole batch (object indices).
+    probe_shape : (K, N, N)
+    update_probe : bool
+        Also accumulate the probe sums.
+    xp : module
+    """
+
+    def __init__(self, corners: np.ndarray, probe_shape: tuple, update_probe: bool, xp: Any = np):
+        self.xp = xp
+        self.box, self.lo, shape = bounding_box(corners, probe_shape[-1])
+        self.num = xp.zeros(shape, np.complex64)
+        self.illum = xp.zeros(shape, np.float32)
+        self.pnum = xp.zeros(probe_shape, np.complex64) if update_probe else None
+        self.pden = xp.zeros(probe_shape[1:], np.float32) if update_probe else None
+
+    def add(self, work: BatchWork, fft: FFT2) -> None:
+        """Accumulate the sums of ``work`` (its ``chi`` is consumed)."""
+        if self.pnum is not None:
+            pnum, pden = probe_sums(work, fft)
+            self.pnum += pnum
+            self.pden += pden
+        add_object_sums(self.num, self.illum, work, work.corners - self.lo, self.xp, consume=True)
+
+    def merge(self, other: UpdateSums) -> None:
+        """Add the sums of another part of the same batch (same box)."""
+        self.num += other.num
+        self.illum += other.illum
+        if self.pnum is not None:
+            self.pnum += other.pnum
+            self.pden += other.pden
