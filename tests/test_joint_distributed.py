@@ -106,6 +106,7 @@ def test_tile_grid_follows_the_scan():
     square = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0), indexing="ij"), -1).reshape(-1, 2)
     wide = square * np.array([1.0, 4.0])
     assert tile_grid(None, 2, square, 8) in ((1, 2), (2, 1))
+    assert tile_grid(None, 500, square, 8) == (10, 10)  # not more tiles than positions
     assert tile_grid(4, 2, square, 8) == (2, 2)
     assert tile_grid(4, 2, wide, 8) == (1, 4)
     assert tile_grid((3, 1), 2, wide, 8) == (3, 1)

@@ -62,7 +62,7 @@ def tile_grid(tiles: Any, n_workers: int, positions_px: np.ndarray, n: int) -> t
     Parameters
     ----------
     tiles : None, int or (int, int)
-        None: one tile per worker; an int: that many tiles, on the factorisation ``ny * nx`` whose
+        None: one tile per worker (at most one per position); an int: that many tiles, on the factorisation ``ny * nx`` whose
         tiles are closest to square on the scanned area; a pair: the grid itself.
     n_workers : int
         Workers of the cluster (for ``tiles=None``).
@@ -77,7 +77,7 @@ def tile_grid(tiles: Any, n_workers: int, positions_px: np.ndarray, n: int) -> t
     """
     m = len(positions_px)
     if tiles is None:
-        tiles = max(1, int(n_workers))
+        tiles = max(1, min(int(n_workers), m))
     if isinstance(tiles, (bool, np.bool_)) or not isinstance(tiles, (int, np.integer, tuple, list)):
         raise InvalidInputError(f"tiles must be None, a positive int or a pair (ny, nx) of them, got {tiles!r}")
     if isinstance(tiles, (tuple, list)):
