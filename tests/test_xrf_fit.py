@@ -87,8 +87,7 @@ def test_maps_unbiased_and_near_oracle_error(counts):
 def test_uncertainties_and_chi_square_are_calibrated():
     scan, _, plan = fitted_scan(FLUX_FOR_COUNTS[3000])
     out = unpack(fit_spectra(scan.spectra, plan), plan)
-    projection = plan.projection[:, : plan.n_components].astype(float)
-    exact_var = scan.expected_spectra[:, plan.channel_slice].astype(float) @ projection**2
+    exact_var = scan.expected_spectra[:, plan.channel_slice].astype(float) @ plan.estimator() ** 2
     for j, element in enumerate(scan.elements):
         k = plan.names.index(element)
         # the reported variance matches the exact variance of the estimator (Poisson)
@@ -397,3 +396,17 @@ def test_cli_quantifies_against_a_standard(tmp_path, capsys):
     assert float(density["Fe"].mean()) == pytest.approx(0.08, rel=1e-4)
     assert density["Zn"].attrs["units"] == "ug/cm2" and np.isfinite(density["Zn"].values).all()
     assert density["Zn"].attrs["sensitivity"] > 0
+
+
+def test_band_product_equals_the_dense_estimator():
+    """The banded product skips only zeros of ``[W G | 1]``: same amplitudes as ``y P``."""
+    scan, result, plan = fitted_scan(FLUX_FOR_COUNTS[3000])
+    assert len(plan.bands) > 1 and plan.bands[0][0] == 0 and plan.bands[-1][1] == plan.n_fit
+    assert all(a[1] == b[0] for a, b in zip(plan.bands[:-1], plan.bands[1:], strict=True))
+    mults = sum((hi - lo) * len(cols) for lo, hi, cols in plan.bands)
+    assert mults < 0.8 * plan.n_fit * (plan.n_components + 1)
+    y = scan.spectra[:, plan.channel_slice].astype(float)
+    out = unpack(fit_spectra(scan.spectra, plan), plan)
+    dense = y @ plan.estimator()
+    assert np.max(np.abs(out["amplitudes"] - dense) / out["sigma"]) < 1e-3
+    np.testing.assert_allclose(out["total_counts"], y.sum(axis=1), rtol=1e-6)
