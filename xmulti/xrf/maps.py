@@ -3,8 +3,9 @@
 :func:`fit_xrf` is the public entry point: it calibrates the detector on the scan's summed
 spectrum (:mod:`xmulti.xrf.calibrate`), builds the design matrix and the linear estimator once
 (:func:`xmulti.xrf.fit.prepare_fit`), and runs the per-pixel kernel over the position chunks of
-the spectra with ``xr.apply_ufunc(..., dask="parallelized")``. The estimator (a few hundred
-kB) is one object shared by every task, not rebuilt per chunk.
+the spectra with :func:`fit_chunks` (``dask.array.map_blocks``; ``xr.apply_ufunc`` with
+``dask="parallelized"`` copied each chunk once more). The estimator (a few hundred kB) is one
+graph key shared by every task, not rebuilt per chunk.
 
 Chunking: ``spectra`` must hold whole spectra per chunk (``channel`` in one chunk), as
 :func:`xmulti.open_scan` gives; positions may be chunked freely. Nothing is rechunked except the
