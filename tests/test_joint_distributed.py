@@ -51,6 +51,7 @@ def _perturbed(t0, c0, rng):
     return t, c
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("tiles, in_memory", [(None, False), ((2, 3), True)])
 def test_tiles_give_the_one_process_objective(scan, process_cluster, tiles, in_memory):
     problem, t0, c0 = _problem(scan, in_memory)
@@ -88,6 +89,7 @@ def test_tiles_give_the_one_process_objective(scan, process_cluster, tiles, in_m
         assert _relative(illum, ref_illum) < 1e-6 and _relative(xrf, ref_xrf) < 1e-6
 
 
+@pytest.mark.cluster
 def test_solve_on_tiles_follows_the_one_process_solve(scan, process_cluster):
     one, t0, c0 = _problem(scan)
     t_ref, c_ref, probe_ref, hist_ref = solve(one, t0, c0, iterations=3)
@@ -100,6 +102,28 @@ def test_solve_on_tiles_follows_the_one_process_solve(scan, process_cluster):
     assert [h["objective"] for h in hist] == pytest.approx([h["objective"] for h in hist_ref], rel=1e-6)
     assert _relative(t, t_ref) < 1e-5 and _relative(c, c_ref) < 1e-5 and _relative(probe, probe_ref) < 1e-5
     assert np.allclose(full.probe, probe)  # left at the solution, as solve does with a plain problem
+
+
+@pytest.mark.cluster
+def test_a_lost_worker_rebuilds_its_tile(scan):
+    """Frames from the scan file's lazy graph: a tile whose worker died is rebuilt on another
+    worker, and the evaluation is unchanged."""
+    import os
+    import signal
+
+    from dask.distributed import Client, LocalCluster
+
+    problem, t0, c0 = _problem(scan)
+    reference = problem.evaluate(t0, c0)[0]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=50) as cluster, Client(cluster) as client:
+        with distribute(problem, client, tiles=2) as dist:
+            assert dist.evaluate(t0, c0)[0] == pytest.approx(reference, rel=1e-9)
+            victim = dist._workers[0]
+            os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+            assert dist.evaluate(t0, c0)[0] == pytest.approx(reference, rel=1e-9)
+        with pytest.raises(InvalidInputError, match="closed"):
+            dist.evaluate(t0, c0)
 
 
 def test_tile_grid_follows_the_scan():
@@ -120,6 +144,7 @@ def test_split_positions_counts_each_position_once(scan):
     assert max(len(p.members) for p in parts) - min(len(p.members) for p in parts) <= 10  # equal-count bands
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("tiles", [0, -2, 2.5, "4", True, (2,), (0, 3), (2, 2.0), 10**6, (100, 100)])
 def test_bad_tiles_are_named(scan, process_cluster, tiles):
     problem, _, _ = _problem(scan)

@@ -227,6 +227,8 @@ class DistributedJointProblem:
     def _submit(self, func, *per_tile_args) -> list:
         """One task per tile, preferably on the worker that holds the tile (a lost worker's tile
         is rebuilt elsewhere from its graph)."""
+        if not self._tiles:
+            raise InvalidInputError("this DistributedJointProblem was closed: distribute the problem again")
         return [
             self.client.submit(func, tile, *args, workers=[worker], allow_other_workers=True, pure=False)
             for tile, worker, args in zip(self._tiles, self._workers, zip(*per_tile_args, strict=True), strict=True)
