@@ -425,46 +425,52 @@ def nonnegative(a, b, normal, constrained, max_sweeps: int = _NNLS_SWEEPS, xp=np
     ndarray (n, K)
     """
     out = a.copy()
+    k = a.shape[1]
     c = xp.flatnonzero(constrained)
     f = xp.flatnonzero(~constrained)
     todo = xp.flatnonzero(xp.any(a[:, c] < 0, axis=1))
     if todo.size == 0 or c.size == 0:
         return out
+    # every gather and scatter below is one matrix product with a selection matrix: fancy
+    # indexing of the (pixel, component) arrays cost more than the sweeps themselves
+    eye = xp.eye(k)
+    select_c = eye[:, c]  # (K, C)
+    b_todo = b[todo]
     n_cc = normal[xp.ix_(c, c)]
+    # the solution's rows are ``x place_x + b place_b``: x in the constrained columns, the free
+    # ones eliminated exactly (N_ff^-1 (b_f - N_fc x))
+    place_x = select_c.T.copy()  # (C, K)
+    place_b = xp.zeros((k, k))
     if f.size:
         n_ff_inv = xp.linalg.inv(normal[xp.ix_(f, f)])
         n_fc = normal[xp.ix_(f, c)]
         schur = n_cc - n_fc.T @ n_ff_inv @ n_fc
-        b_f = b[todo][:, f]
-        b_red = b[todo][:, c] - b_f @ (n_ff_inv @ n_fc)
+        reduce_b = select_c - eye[:, f] @ (n_ff_inv @ n_fc)  # b_red = b_c - b_f N_ff^-1 N_fc
+        place_x[:, f] = -(n_fc.T @ n_ff_inv)
+        place_b[xp.ix_(f, f)] = n_ff_inv
     else:
-        schur, b_red = n_cc, b[todo][:, c]
+        schur, reduce_b = n_cc, select_c
     diag = xp.diagonal(schur).copy()
-    # (component, pixel) layout: each coordinate step reads contiguous rows, and the buffers
-    # are reused so the loop allocates nothing large
-    x = xp.ascontiguousarray(xp.maximum(a[todo][:, c], 0.0).T)
-    gradient = xp.ascontiguousarray((schur @ x) - b_red.T)
-    step = xp.empty(x.shape[1])
-    update = xp.empty_like(x)
+    # (component, pixel) layout: each coordinate step reads contiguous rows. Each coordinate's
+    # gradient is recomputed from x (one matrix-vector product) rather than kept up to date by
+    # a rank-one update of every row (half the work)
+    x = xp.ascontiguousarray(xp.maximum(select_c.T @ a[todo].T, 0.0))
+    rhs = reduce_b.T @ b_todo.T
     tolerance = _NNLS_TOLERANCE * (float(xp.abs(x).max()) + 1e-12)
+    step = xp.empty(x.shape[1])
     for _ in range(max_sweeps):
         largest = 0.0
         for j in range(c.size):
-            # step = max(x_j - g_j / S_jj, 0) - x_j
-            xp.divide(gradient[j], -diag[j], out=step)
+            # step = max(x_j - g_j / S_jj, 0) - x_j, g_j = S_j . x - b_j
+            xp.matmul(schur[j], x, out=step)
+            step -= rhs[j]
+            step /= -diag[j]
             xp.maximum(step, -x[j], out=step)
             x[j] += step
-            xp.multiply(schur[:, j : j + 1], step[None, :], out=update)
-            gradient += update
             largest = max(largest, float(xp.abs(step).max()))
         if largest <= tolerance:
             break
-    x = x.T
-    rows = out[todo]
-    rows[:, c] = x
-    if f.size:
-        rows[:, f] = (b_f - x @ n_fc.T) @ n_ff_inv
-    out[todo] = rows
+    out[todo] = x.T @ place_x + b_todo @ place_b
     return out
 
 
