@@ -97,10 +97,13 @@ def test_solve_on_tiles_follows_the_one_process_solve(scan, process_cluster):
     with distribute(full, process_cluster, tiles=4) as dist:
         t, c, probe, hist = solve(dist, t0, c0, iterations=3)
         assert dist.evaluations == one.evaluations
-    assert hist[-1]["objective"] < hist[0]["objective"]  # it moved
-    assert np.abs(t - t0).max() > 1e-3
-    assert [h["objective"] for h in hist] == pytest.approx([h["objective"] for h in hist_ref], rel=1e-6)
-    assert _relative(t, t_ref) < 1e-5 and _relative(c, c_ref) < 1e-5 and _relative(probe, probe_ref) < 1e-5
+    # it moved (by 0.23 and 0.05 in relative norm when written), and as the one-process solve
+    # did: the tiles' complex64 probe-gradient sums differ in the last digits (about 1e-7), which
+    # three L-BFGS-B steps amplify to a few 1e-6
+    assert hist[-1]["objective"] < 0.5 * hist[0]["objective"]
+    assert _relative(t_ref, t0) > 0.02 and _relative(c_ref, c0) > 0.01
+    assert [h["objective"] for h in hist] == pytest.approx([h["objective"] for h in hist_ref], rel=1e-5)
+    assert _relative(t, t_ref) < 1e-4 and _relative(c, c_ref) < 1e-4 and _relative(probe, probe_ref) < 1e-4
     assert np.allclose(full.probe, probe)  # left at the solution, as solve does with a plain problem
 
 
