@@ -71,25 +71,30 @@ def rough_probe(frames, diameter_px: float) -> np.ndarray:
 def time_epochs(sim, engine: str, workers: int, epochs: int, opts: EngineOptions) -> tuple[float, float, float]:
     """(min seconds per epoch, min floor seconds, median of the paired ratios).
 
-    Each epoch is timed right after its own floor measurement and their ratio kept: on a shared
+    One run of the engine; after each epoch a callback measures the floor and restarts the
+    clock, so each epoch is timed right after its own floor and their ratio kept (on a shared
     machine the load changes within seconds, and a ratio of two minima taken at different
-    moments was seen to swing by 2x; the median of paired ratios is steadier.
+    moments was seen to swing by 2x; the median of paired ratios is steadier). The first two
+    epochs are not timed: plans and caches warm up, and from the third on every epoch refines
+    the probe and the intensity factors, as most epochs of a reconstruction do.
     """
     frames, pos, shape = setup(sim)
     fft = FFT2(np, workers)
     state = ReconState(np.ones(shape, np.complex64), sim.probe[None].astype(np.complex64), pos.copy())
-    run_engine(state, frames, engine, 1, opts, fft)  # warm up (plans, caches)
     m, n, _ = frames.shape
-    best_epoch = best_floor = np.inf
-    ratios = []
-    for _ in range(epochs):
-        floor = fft_floor(m * state.probe.shape[0], n, workers)
-        t = time.perf_counter()
-        run_engine(state, frames, engine, 1, opts, fft)
-        epoch = time.perf_counter() - t
-        ratios.append(epoch / floor)
-        best_floor, best_epoch = min(best_floor, floor), min(best_epoch, epoch)
-    return best_epoch, best_floor, float(np.median(ratios))
+    warm = 2
+    pairs = []
+    clock = {}
+
+    def cb(s: ReconState) -> None:
+        if s.epoch > warm:
+            pairs.append((time.perf_counter() - clock["start"], clock["floor"]))
+        clock["floor"] = fft_floor(m * s.probe.shape[0], n, workers)
+        clock["start"] = time.perf_counter()
+
+    run_engine(state, frames, engine, warm + epochs, opts, fft, cb)
+    epoch, floor = np.array(pairs).T
+    return float(epoch.min()), float(floor.min()), float(np.median(epoch / floor))
 
 
 def accuracy(sim, engine: str, iterations: int, probe: str, workers: int, checkpoints=(50, 200)):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fused
 from .data import Frames
 from .fft import FFT2
 from .forward import extract_patches, window_corners
@@ -90,14 +91,16 @@ def exit_wave_update(
     xp = fft.xp
     n = state.probe.shape[-1]
     corners, frac = window_corners(state.positions_px[index], n)
-    patches = extract_patches(state.obj, corners, n, xp)
     if is_integral(frac):
         frac = None
         probes = state.probe
-        psi = probes[None, :, :, :] * patches[:, None, :, :]
     else:
         probes = shifted_probes(fft.forward(state.probe.copy()), frac, fft)
-        psi = probes * patches[:, None, :, :]
+    if fused.usable(xp) and state.obj.dtype == np.complex64 and probes.dtype == np.complex64:
+        patches, psi = fused.windows(state.obj, corners, probes)
+    else:
+        patches = extract_patches(state.obj, corners, n, xp)
+        psi = (probes[None] if frac is None else probes) * patches[:, None, :, :]
     spec = fft.forward(psi)
     # counts on valid pixels = sum A^2 over them: known beforehand
     known = None if frames.counts is None else float(frames.counts[index].sum())

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fused
 from .fft import to_numpy
 
 __all__ = ["fourier_update"]
@@ -90,6 +91,14 @@ def fourier_update(
     intensity_factor : ndarray (B,) or None
         ``sum I / sum |Psi|^2`` per frame (of the unscaled model), None without ``counts``.
     """
+    if noise not in ("gaussian", "poisson"):
+        raise ValueError(f"unknown noise model {noise!r}")
+    if fused.usable(xp) and spec.dtype == np.complex64:
+        error, valid_norm, power = fused.fourier(spec, amplitude, noise, scale)
+        factor_ml = None
+        if counts is not None:
+            factor_ml = np.asarray(counts, np.float64) / np.maximum(power, 1e-30)
+        return spec, error, valid_norm if norm is None else norm, factor_ml
     mod = _model_modulus(spec, xp)
     factor_ml = None
     if counts is not None:
@@ -118,10 +127,8 @@ def fourier_update(
         # A/|Psi| - 1 = (A - |Psi|) / |Psi| scales Psi to the projection minus the old Psi
         mod += _EPS
         factor = xp.divide(diff, mod, out=diff)
-    elif noise == "poisson":
-        factor = _poisson_factor(mod, amp, xp)
     else:
-        raise ValueError(f"unknown noise model {noise!r}")
+        factor = _poisson_factor(mod, amp, xp)
     spec *= factor[:, None]
     return spec, error, norm, factor_ml
 

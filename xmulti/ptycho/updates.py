@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fused
 from .batch import BatchWork
 from .fft import FFT2
 from .shift import unshift_sum
@@ -160,11 +161,19 @@ class UpdateSums:
 
     def add(self, work: BatchWork, fft: FFT2) -> None:
         """Accumulate the sums of ``work`` (its ``chi`` is consumed)."""
+        local = work.corners - self.lo
+        if fused.usable(self.xp) and work.chi.dtype == np.complex64:
+            fused.sums(work.chi, work.probes, work.patches, local, self.num, self.illum,
+                       self.pnum, self.pden)
+            if self.pnum is not None and not work.shared_probe:
+                # chi now holds conj(O_j) chi_j, in each window's shifted probe frame
+                self.pnum += unshift_sum(work.chi, work.frac, fft, overwrite=True)
+            return
         if self.pnum is not None:
             pnum, pden = probe_sums(work, fft)
             self.pnum += pnum
             self.pden += pden
-        add_object_sums(self.num, self.illum, work, work.corners - self.lo, self.xp, consume=True)
+        add_object_sums(self.num, self.illum, work, local, self.xp, consume=True)
 
     def merge(self, other: UpdateSums) -> None:
         """Add the sums of another part of the same batch (same box)."""

@@ -1,0 +1,205 @@
+"""Fused CPU kernels of the engines' element-wise steps (numba), used when ``xp`` is numpy.
+
+The array-module code of :mod:`~xmulti.ptycho.batch`, :mod:`~xmulti.ptycho.fourier` and
+:mod:`~xmulti.ptycho.updates` (which also runs on cupy) makes one pass over the frames per numpy
+operation: about 25 passes per position and epoch besides the two FFTs, which on a CPU cost as
+much as the FFTs themselves. These kernels do the same arithmetic in three passes (windows and
+exit waves; the detector constraint, frame by frame while the frame is in cache; the object and
+probe sums), compiled once (cached on disk) and without the GIL, so the engines' threads run
+them concurrently. Each returns what the array code returns, to float32 rounding (sums are
+accumulated in float64 here), and :data:`ENABLED` switches them off (tests compare both paths).
+The formulas are documented where the array code is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+try:  # numba is a dependency; without it (an unusual install) the array code runs
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is installed with xmulti
+    njit = None
+
+__all__ = ["ENABLED", "usable", "windows", "fourier", "sums"]
+
+# False forces the array-module code on numpy too
+ENABLED = njit is not None
+
+
+def usable(xp: Any) -> bool:
+    """True when the fused kernels apply: numpy arrays and numba available."""
+    return ENABLED and xp is np
+
+
+def _jit(func: Any = None, **kw: Any) -> Any:
+    if func is None:
+        return lambda f: _jit(f, **kw)
+    # numpy error model: a division by zero gives inf/nan instead of raising (and the loops vectorise)
+    return njit(nogil=True, cache=True, error_model="numpy", **kw)(func) if njit is not None else func
+
+
+# The loops run over rows taken as 1-D views: with 2-D/4-D indexing by computed offsets numba
+# checks every index for wrap-around and the loops were 3-5x slower than numpy.
+
+
+@_jit
+def _windows(obj, corners, probes, patches, psi):  # pragma: no cover - compiled
+    bsz, k_modes, n, _ = psi.shape
+    for b in range(bsz):
+        y0 = corners[b, 0]
+        x0 = corners[b, 1]
+        pb = b if probes.shape[0] > 1 else 0  # (1, K, N, N): the probe every window sees
+        for i in range(n):
+            orow = obj[y0 + i, x0 : x0 + n]
+            prow = patches[b, i]
+            for j in range(n):
+                prow[j] = orow[j]
+            for k in range(k_modes):
+                qrow = probes[pb, k, i]
+                srow = psi[b, k, i]
+                for j in range(n):
+                    srow[j] = qrow[j] * prow[j]
+
+
+def windows(obj: np.ndarray, corners: np.ndarray, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Object windows (B, N, N) and exit waves ``P_jk O_j`` (B, K, N, N) in one pass.
+
+    ``probes`` is (K, N, N) (every window sees the same probe) or (B, K, N, N).
+    """
+    p4 = probes[None] if probes.ndim == 3 else probes
+    bsz, n = len(corners), probes.shape[-1]
+    patches = np.empty((bsz, n, n), np.complex64)
+    psi = np.empty((bsz, p4.shape[1], n, n), np.complex64)
+    _windows(obj, np.ascontiguousarray(corners, np.int64), p4, patches, psi)
+    return patches, psi
+
+
+# reassociation lets the per-frame sums be vectorised (they are accumulated in float64)
+@_jit(fastmath={"reassoc", "contract"})
+def _fourier(spec, amp, scale, poisson, power, m2, work):  # pragma: no cover - compiled
+    bsz, k_modes, npix = spec.shape
+    eps = np.float32(1e-6)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    error = 0.0
+    norm = 0.0
+    for b in range(bsz):
+        # frame by frame: its spectrum stays in cache between the two passes
+        for p in range(npix):
+            m2[p] = 0.0
+        for k in range(k_modes):
+            z = spec[b, k]
+            for p in range(npix):
+                m2[p] += z[p].real * z[p].real + z[p].imag * z[p].imag
+        arow = amp[b]
+        c = scale[b]
+        pw = 0.0
+        s_h = 0.0
+        s_hs = 0.0
+        s_hss = 0.0
+        for p in range(npix):
+            a = arow[p]
+            valid = a >= 0  # invalid pixels: the model keeps its amplitude, no update
+            mod = np.sqrt(m2[p]) * c
+            av = a if valid else mod
+            d = av - mod
+            pw += m2[p] if valid else zero
+            error += d * d
+            norm += av * av if valid else zero
+            if poisson:
+                m2s = mod * mod + eps
+                q = av * av / m2s
+                r = q - one
+                s = r / (q + one)
+                h = r * r * m2s
+                s_h += h
+                s_hs += h * s
+                s_hss += h * s * s
+                work[p] = r if valid else zero
+            else:
+                work[p] = d / (mod + eps)
+        power[b] = pw
+        step = one
+        if poisson:
+            a_b = 0.5 - 0.5 * s_hs / (2.0 * s_h - s_hss + 1e-6)
+            step = np.float32(min(max(a_b, 0.0), 1.0))
+        for p in range(npix):
+            work[p] *= step
+        for k in range(k_modes):
+            z = spec[b, k]
+            for p in range(npix):
+                z[p] *= work[p]
+    return error, norm
+
+
+def fourier(spec: np.ndarray, amplitude: np.ndarray, noise: str, scale: np.ndarray | None
+            ) -> tuple[float, float, np.ndarray]:
+    """The detector constraint of :func:`xmulti.ptycho.fourier.fourier_update` in place on ``spec``.
+
+    Returns the error ``sum (c|Psi| - A)^2`` and ``sum A^2`` over valid pixels, and the model
+    power ``sum |Psi|^2`` of each frame over its valid pixels (B,) float64.
+    """
+    bsz, k_modes, n, _ = spec.shape
+    flat = spec.reshape(bsz, k_modes, n * n)
+    amp = np.ascontiguousarray(amplitude, np.float32).reshape(bsz, n * n)
+    c = np.ones(bsz, np.float32) if scale is None else np.asarray(scale, np.float32)
+    power = np.empty(bsz, np.float64)
+    m2, work = np.empty(n * n, np.float32), np.empty(n * n, np.float32)
+    error, norm = _fourier(flat, amp, c, noise == "poisson", power, m2, work)
+    return float(error), float(norm), power
+
+
+@_jit
+def _sums(chi, probes, shared, patches, local, num, illum, pnum, pden, probe_sums):  # pragma: no cover
+    bsz, k_modes, n, _ = chi.shape
+    for b in range(bsz):
+        y0 = local[b, 0]
+        x0 = local[b, 1]
+        pb = 0 if shared else b
+        for i in range(n):
+            orow = patches[b, i]
+            nrow = num[y0 + i, x0 : x0 + n]
+            irow = illum[y0 + i, x0 : x0 + n]
+            if probe_sums:
+                drow = pden[i]
+                for j in range(n):
+                    drow[j] += orow[j].real * orow[j].real + orow[j].imag * orow[j].imag
+            for k in range(k_modes):
+                crow = chi[b, k, i]
+                qrow = probes[pb, k, i]
+                for j in range(n):
+                    q = qrow[j]
+                    nrow[j] += q.conjugate() * crow[j]
+                    irow[j] += q.real * q.real + q.imag * q.imag
+                if not probe_sums:
+                    continue
+                if shared:
+                    prow = pnum[k, i]
+                    for j in range(n):
+                        prow[j] += orow[j].conjugate() * crow[j]
+                else:  # left per position for the shift back to the probe frame
+                    for j in range(n):
+                        crow[j] = orow[j].conjugate() * crow[j]
+
+
+def sums(chi: np.ndarray, probes: np.ndarray, patches: np.ndarray, local: np.ndarray, num: np.ndarray,
+         illum: np.ndarray, pnum: np.ndarray | None, pden: np.ndarray | None) -> None:
+    """Add the object numerator and illumination (and the probe sums) of a batch, in one pass.
+
+    ``num``/``illum`` get ``sum_k conj(P_jk) chi_jk`` and ``sum_k |P_jk|^2`` at the windows'
+    corners ``local`` (B, 2); with ``pnum``/``pden`` given, ``pden`` gets ``sum_j |O_j|^2`` and,
+    when every window sees the same probe (``probes`` (K, N, N)), ``pnum`` gets
+    ``sum_j conj(O_j) chi_jk``; with per-window probes (B, K, N, N) ``chi`` is overwritten with
+    the per-position terms ``conj(O_j) chi_jk`` instead (to be shifted back and summed by the
+    caller, :func:`xmulti.ptycho.shift.unshift_sum`) and ``pnum`` is left alone.
+    """
+    shared = probes.ndim == 3
+    p4 = probes[None] if shared else probes
+    with_probe = pden is not None
+    k, n = chi.shape[1], chi.shape[-1]
+    pn = pnum if with_probe and shared else np.zeros((k, n, n), np.complex64)
+    pd = pden if with_probe else np.zeros((n, n), np.float32)
+    _sums(chi, p4, shared, patches, np.ascontiguousarray(local, np.int64), num, illum, pn, pd,
+          with_probe)
