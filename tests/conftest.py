@@ -24,7 +24,7 @@ def process_cluster():
     from xmulti.worker_memory import tune_workers
 
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
     )
     client = Client(cluster)
     tune_workers(client)

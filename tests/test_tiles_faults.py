@@ -54,7 +54,7 @@ def test_a_killed_worker_does_not_change_the_result(resident):
     from dask.distributed import Client, LocalCluster
 
     scan = make_scan("tiny", seed=5, scan_shape=(12, 12), photons_per_frame=1e6)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=50) as cluster, Client(cluster) as client:
         clean: dict = {}
         _run(client, scan, clean, resident)

@@ -28,7 +28,7 @@ def test_dask_workers_reuse_freed_memory_after_tuning():
 
     from xmulti.worker_memory import tune_workers
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=40) as cluster, Client(cluster) as client:
         # Dask's nanny default (trim threshold 64 kB): every cycle grows and trims the heap
         untuned = client.submit(_page_faults_per_cycle, pure=False).result()
