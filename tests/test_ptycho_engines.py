@@ -320,3 +320,31 @@ def test_fused_kernels_match_array_code(monkeypatch, modes, subpixel, noise):
         a, f = getattr(sa, name), getattr(sf, name)
         assert np.abs(a).max() > 0
         np.testing.assert_allclose(f, a, rtol=0, atol=2e-5 * np.abs(a).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("engine", ["rpie", "lsqml"])
+@pytest.mark.parametrize("jitter_px", [0.0, 0.6])
+def test_fused_epoch_matches_array_epoch(monkeypatch, engine, jitter_px):
+    """One epoch with the compiled kernels (including rPIE's update step) changes object and
+    probe as the array code does, to float32 rounding."""
+    from xmulti.ptycho import FFT2, fused
+
+    if not fused.ENABLED:
+        pytest.skip("numba not installed")
+    p = make_problem((8, 8), 32, 0.7, diameter_px=16, photons=1e6, jitter_px=jitter_px, seed=3)
+    frames = prepare_frames(p.frames)
+    guess = scale_probe_power(plain_probe(32, 20)[None], frames.mean_counts)
+    opts = EngineOptions(probe_update_start=0, intensity_start=0)
+    start = ReconState(np.ones(p.obj.shape, np.complex64), guess.copy(), p.positions_px.copy())
+    run_engine(start, frames, engine, 5, opts, FFT2(np, 1))
+    out = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        out.append(run_engine(start.copy(), frames, engine, 1, opts, FFT2(np, 1)))
+    for name in ("obj", "probe"):
+        d_array = getattr(out[0], name) - getattr(start, name)
+        d_fused = getattr(out[1], name) - getattr(start, name)
+        assert np.abs(d_array).max() > 1e-4 * np.abs(getattr(start, name)).max()
+        np.testing.assert_allclose(d_fused, d_array, rtol=0, atol=3e-4 * np.abs(d_array).max(),
+                                   err_msg=name)
+    np.testing.assert_allclose(out[1].errors, out[0].errors, rtol=1e-4)

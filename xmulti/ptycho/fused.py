@@ -22,7 +22,7 @@ try:  # numba is a dependency; without it (an unusual install) the array code ru
 except ImportError:  # pragma: no cover - numba is installed with xmulti
     njit = None
 
-__all__ = ["ENABLED", "usable", "windows", "fourier", "sums"]
+__all__ = ["ENABLED", "usable", "windows", "fourier", "sums", "divided_step"]
 
 # False forces the array-module code on numpy too
 ENABLED = njit is not None
@@ -203,3 +203,22 @@ def sums(chi: np.ndarray, probes: np.ndarray, patches: np.ndarray, local: np.nda
     pd = pden if with_probe else np.zeros((n, n), np.float32)
     _sums(chi, p4, shared, patches, np.ascontiguousarray(local, np.int64), num, illum, pn, pd,
           with_probe)
+
+
+@_jit
+def _divided_step(target, num, illum, weight, floor, scale):  # pragma: no cover - compiled
+    for i in range(target.shape[0]):
+        trow = target[i]
+        nrow = num[i]
+        irow = illum[i]
+        for j in range(trow.shape[0]):
+            f = scale / (weight * irow[j] + floor)  # real factor: no complex division
+            z = nrow[j]
+            trow[j] += np.complex64(complex(z.real * f, z.imag * f))
+
+
+def divided_step(target: np.ndarray, num: np.ndarray, illum: np.ndarray, weight: float, frac: float,
+                 eps: float, scale: float) -> None:
+    """``target += scale * num / (weight * illum + frac * max(illum) + eps)`` in one pass (2-D)."""
+    floor = np.float32(frac * float(illum.max()) + eps)
+    _divided_step(target, num, illum, np.float32(weight), floor, np.float32(scale))
