@@ -127,10 +127,14 @@ def _run_batch(state: ReconState, frames: Frames, idx: np.ndarray, engine: str, 
 
     def part(item: tuple[int, np.ndarray], tfft: FFT2) -> tuple:
         offset, sub = item
+        # the first part's sums cover the batch's box (the others are added to them), the
+        # others only their own windows' box (smaller: indices are sorted, so the parts of a
+        # raster scan are bands of it)
+        box = corners if offset == 0 else corners[offset : offset + len(sub)]
         if lsqml:
-            sums = LsqmlAccumulator(state, len(idx), update_probe, tfft.xp, corners)
+            sums = LsqmlAccumulator(state, len(idx), update_probe, tfft.xp, box)
         else:
-            sums = UpdateSums(corners, state.probe.shape, update_probe, tfft.xp)
+            sums = UpdateSums(box, state.probe.shape, update_probe, tfft.xp)
         err = norm = 0.0
         strengths, moves = [], []
         pieces = -(-len(sub) // chunk) if lsqml else 1  # equal chunks, none tiny

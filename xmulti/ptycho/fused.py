@@ -22,7 +22,7 @@ try:  # numba is a dependency; without it (an unusual install) the array code ru
 except ImportError:  # pragma: no cover - numba is installed with xmulti
     njit = None
 
-__all__ = ["ENABLED", "usable", "windows", "fourier", "sums", "divided_step"]
+__all__ = ["ENABLED", "usable", "windows", "fourier", "sums", "divided_step", "ramped", "ramped_sum"]
 
 # False forces the array-module code on numpy too
 ENABLED = njit is not None
@@ -222,3 +222,48 @@ def divided_step(target: np.ndarray, num: np.ndarray, illum: np.ndarray, weight:
     """``target += scale * num / (weight * illum + frac * max(illum) + eps)`` in one pass (2-D)."""
     floor = np.float32(frac * float(illum.max()) + eps)
     _divided_step(target, num, illum, np.float32(weight), floor, np.float32(scale))
+
+
+@_jit
+def _ramped(spec, ry, rx, out):  # pragma: no cover - compiled
+    bsz, k_modes, n, _ = out.shape
+    for b in range(bsz):
+        xrow = rx[b]
+        for k in range(k_modes):
+            for i in range(n):
+                f = ry[b, i]
+                srow = spec[k, i]
+                orow = out[b, k, i]
+                for j in range(n):
+                    orow[j] = srow[j] * (f * xrow[j])
+
+
+def ramped(spec: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
+    """``spec[None] * ry[:, None, :, None] * rx[:, None, None, :]``: (B, K, N, N) in one pass.
+
+    ``spec`` (K, N, N), ``ry`` (B, N) and ``rx`` (B, N) the separable phase ramps.
+    """
+    out = np.empty((len(ry),) + spec.shape, np.complex64)
+    _ramped(spec, ry, rx, out)
+    return out
+
+
+@_jit
+def _ramped_sum(spec, ry, rx, out):  # pragma: no cover - compiled
+    bsz, k_modes, n, _ = spec.shape
+    for b in range(bsz):
+        xrow = rx[b]
+        for k in range(k_modes):
+            for i in range(n):
+                f = ry[b, i]
+                srow = spec[b, k, i]
+                orow = out[k, i]
+                for j in range(n):
+                    orow[j] += srow[j] * (f * xrow[j])
+
+
+def ramped_sum(spec: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
+    """``sum_b spec[b] * ry[b, :, None] * rx[b, None, :]`` for ``spec`` (B, K, N, N): (K, N, N)."""
+    out = np.zeros(spec.shape[1:], np.complex64)
+    _ramped_sum(spec, ry, rx, out)
+    return out

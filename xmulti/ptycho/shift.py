@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fused
 from .fft import FFT2
 
 __all__ = ["is_integral", "ramp_vectors", "shift_ramps", "shift_images", "shifted_probes", "unshift_sum"]
@@ -98,6 +99,8 @@ def shifted_probes(probe_spectrum: Any, frac: np.ndarray, fft: FFT2) -> Any:
     """
     xp = fft.xp
     ry, rx = ramp_vectors(frac, probe_spectrum.shape[-2:], xp, probe_spectrum.dtype)
+    if fused.usable(xp) and probe_spectrum.dtype == np.complex64:
+        return fft.inverse(fused.ramped(probe_spectrum, ry, rx))  # one pass
     k = probe_spectrum.shape[0]
     out = xp.empty((len(ry), k) + probe_spectrum.shape[1:], probe_spectrum.dtype)
     # spectrum x ramp_y first (broadcast over positions), then x ramp_x in place: two passes,
@@ -120,6 +123,8 @@ def unshift_sum(images: Any, frac: np.ndarray, fft: FFT2, overwrite: bool = Fals
     dtype = _work_dtype(images)
     ry, rx = ramp_vectors(-np.asarray(frac, dtype=np.float64), (ny, nx), xp, dtype)
     spec = fft.forward(images if overwrite else images.copy())
+    if fused.usable(xp) and spec.dtype == np.complex64:
+        return fft.inverse(fused.ramped_sum(spec, ry, rx))  # ramps and sum in one pass
     # ramps applied in place as two broadcast factors (no (B, N, N) ramp array), then the sum
     # over positions; a batched matrix product doing the y ramp and the sum together was
     # 2x faster at some sizes but fell off BLAS onto strided loops at others (0.5 s for 32

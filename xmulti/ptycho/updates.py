@@ -176,9 +176,13 @@ class UpdateSums:
         add_object_sums(self.num, self.illum, work, local, self.xp, consume=True)
 
     def merge(self, other: UpdateSums) -> None:
-        """Add the sums of another part of the same batch (same box)."""
-        self.num += other.num
-        self.illum += other.illum
+        """Add the sums of another part of the same batch (on a box within this one's)."""
+        y0, x0 = (int(v) for v in other.lo - self.lo)
+        h, w = other.num.shape
+        if y0 < 0 or x0 < 0 or y0 + h > self.num.shape[0] or x0 + w > self.num.shape[1]:
+            raise ValueError("merged sums must lie within this part's box")
+        self.num[y0 : y0 + h, x0 : x0 + w] += other.num
+        self.illum[y0 : y0 + h, x0 : x0 + w] += other.illum
         if self.pnum is not None:
             self.pnum += other.pnum
             self.pden += other.pden
