@@ -345,6 +345,37 @@ def test_fused_epoch_matches_array_epoch(monkeypatch, engine, jitter_px):
         d_array = getattr(out[0], name) - getattr(start, name)
         d_fused = getattr(out[1], name) - getattr(start, name)
         assert np.abs(d_array).max() > 1e-4 * np.abs(getattr(start, name)).max()
-        np.testing.assert_allclose(d_fused, d_array, rtol=0, atol=3e-4 * np.abs(d_array).max(),
+        # to float32 rounding of the Poisson step's sums, which the fused kernel accumulates in
+        # float64 and the array code in float32 (BLAS): the latter's exit-wave updates are
+        # 10x further from a float64 evaluation (see test_fused_detector_constraint_...)
+        np.testing.assert_allclose(d_fused, d_array, rtol=0, atol=2e-3 * np.abs(d_array).max(),
                                    err_msg=name)
+        rms = np.sqrt(np.mean(np.abs(d_fused - d_array) ** 2) / np.mean(np.abs(d_array) ** 2))
+        assert rms < 1e-3, name
     np.testing.assert_allclose(out[1].errors, out[0].errors, rtol=1e-4)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_fused_detector_constraint_matches_float64(monkeypatch, noise):
+    """The fused detector constraint agrees with a float64 evaluation of the array code to a few
+    1e-6 (relative), closer than the float32 array code itself."""
+    from xmulti.ptycho import fused
+    from xmulti.ptycho.fourier import fourier_update
+
+    if not fused.ENABLED:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(2)
+    b, n = 16, 32
+    spec = (rng.normal(0, 3, (b, 1, n, n)) + 1j * rng.normal(0, 3, (b, 1, n, n))).astype(np.complex64)
+    amp = np.sqrt(rng.poisson(np.abs(spec[:, 0]) ** 2 * rng.uniform(0.5, 1.5))).astype(np.float32)
+    scale = rng.uniform(0.9, 1.1, b)
+    ref, e_ref, n_ref, _ = fourier_update(spec.astype(np.complex128), amp.astype(np.float64), False,
+                                          noise, np, None, scale)
+    out = {}
+    for enabled in (False, True):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        out[enabled] = fourier_update(spec.copy(), amp, False, noise, np, None, scale)
+    rel = {k: np.linalg.norm(v[0] - ref) / np.linalg.norm(ref) for k, v in out.items()}
+    assert rel[True] < 1e-5 and rel[True] <= rel[False] * 1.5
+    assert out[True][1] == pytest.approx(e_ref, rel=1e-5)
+    assert out[True][2] == pytest.approx(n_ref, rel=1e-6)
