@@ -141,12 +141,18 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 def run_parts(task: Callable[[Any, FFT2], Any], parts: list, fft: FFT2) -> list:
     """``task(part, fft_of_its_thread)`` for every part, concurrently when there are several.
 
-    Each part runs in a thread of a persistent pool of ``fft.workers`` threads with one-thread
-    FFTs, so the element-wise work (which numpy runs on one core, releasing the GIL) is spread
-    over the cores like the FFTs. Results are returned in the order of ``parts``.
+    The first part runs in the calling thread, the others in a persistent pool of
+    ``fft.workers`` threads, each with one-thread FFTs, so the element-wise work (compiled
+    kernels or numpy, both releasing the GIL) is spread over the cores like the FFTs. Results
+    are returned in the order of ``parts``.
     """
     if len(parts) == 1:
         return [task(parts[0], fft)]
     single = FFT2(fft.xp, 1)
-    futures = [_pool(int(fft.workers)).submit(task, part, single) for part in parts]
-    return [f.result() for f in futures]
+    # the calling thread runs the first part itself (one hand-over fewer per batch)
+    futures = [_pool(int(fft.workers)).submit(task, part, single) for part in parts[1:]]
+    try:
+        first = task(parts[0], single)
+    finally:
+        rest = [f.result() for f in futures]  # waits for all, even when the first part failed
+    return [first] + rest
