@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import InvalidInputError
+from . import fused
 from .batch import exit_wave_update, run_parts, split_batch
 from .data import Frames
 from .fft import FFT2, get_xp
@@ -50,6 +51,17 @@ def _check(state: ReconState, frames: Frames) -> None:
 
 def _apply_momentum(state: ReconState, before: tuple, momentum: float, probe: bool) -> None:
     """Heavy-ball step: ``v = m v + (x - x_before)``, ``x += m v`` for object (and probe)."""
+    fresh = state.velocity is None or state.velocity[1].shape != state.probe.shape
+    contiguous = state.probe.flags.c_contiguous and (fresh or state.velocity[1].flags.c_contiguous)
+    if (fused.usable(get_xp(state.obj)) and contiguous
+            and state.obj.dtype == state.probe.dtype == np.complex64):
+        if fresh:
+            state.velocity = (np.empty_like(state.obj), np.empty_like(state.probe))
+        n = state.probe.shape[-1]
+        fused.momentum(state.obj, before[0], state.velocity[0], momentum, fresh, True)
+        fused.momentum(state.probe.reshape(-1, n), before[1].reshape(-1, n),
+                       state.velocity[1].reshape(-1, n), momentum, fresh, probe)
+        return
     d_obj = state.obj - before[0]
     d_probe = state.probe - before[1]
     if state.velocity is None or state.velocity[1].shape != d_probe.shape:

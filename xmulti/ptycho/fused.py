@@ -22,7 +22,10 @@ try:  # numba is a dependency; without it (an unusual install) the array code ru
 except ImportError:  # pragma: no cover - numba is installed with xmulti
     njit = None
 
-__all__ = ["ENABLED", "usable", "windows", "fourier", "sums", "divided_step", "ramped", "ramped_sum"]
+__all__ = [
+    "ENABLED", "usable", "windows", "fourier", "sums", "divided_step", "ramped", "ramped_sum",
+    "divide", "add_scaled", "momentum",
+]
 
 # False forces the array-module code on numpy too
 ENABLED = njit is not None
@@ -267,3 +270,55 @@ def ramped_sum(spec: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
     out = np.zeros(spec.shape[1:], np.complex64)
     _ramped_sum(spec, ry, rx, out)
     return out
+
+
+@_jit
+def _divide(target, illum, floor):  # pragma: no cover - compiled
+    for i in range(target.shape[0]):
+        trow = target[i]
+        irow = illum[i]
+        for j in range(trow.shape[0]):
+            f = np.float32(1.0) / (irow[j] + floor)
+            z = trow[j]
+            trow[j] = np.complex64(complex(z.real * f, z.imag * f))
+
+
+def divide(target: np.ndarray, illum: np.ndarray, floor: float) -> None:
+    """``target /= illum + floor`` in place (2-D complex64 by float32), one pass."""
+    _divide(target, illum, np.float32(floor))
+
+
+@_jit
+def _add_scaled(target, src, scale):  # pragma: no cover - compiled
+    for i in range(target.shape[0]):
+        trow = target[i]
+        srow = src[i]
+        for j in range(trow.shape[0]):
+            z = srow[j]
+            trow[j] += np.complex64(complex(z.real * scale, z.imag * scale))
+
+
+def add_scaled(target: np.ndarray, src: np.ndarray, scale: float) -> None:
+    """``target += scale * src`` in place (2-D complex64), one pass."""
+    _add_scaled(target, src, np.float32(scale))
+
+
+@_jit
+def _momentum(x, before, v, m, fresh, move):  # pragma: no cover - compiled
+    for i in range(x.shape[0]):
+        xrow = x[i]
+        brow = before[i]
+        vrow = v[i]
+        for j in range(xrow.shape[0]):
+            d = xrow[j] - brow[j]
+            w = d if fresh else vrow[j] * m + d
+            vrow[j] = w
+            if move:
+                xrow[j] += w * m
+
+
+def momentum(x: np.ndarray, before: np.ndarray, v: np.ndarray, m: float, fresh: bool,
+             move: bool) -> None:
+    """Heavy-ball step in one pass: ``v = m v + (x - before)`` (``v = x - before`` when
+    ``fresh``), then ``x += m v`` when ``move``; 2-D complex64 arrays, in place."""
+    _momentum(x, before, v, np.complex64(m), fresh, move)

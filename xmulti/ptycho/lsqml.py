@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fused
 from .batch import BatchWork
 from .fft import FFT2
 from .forward import extract_patches
@@ -153,9 +154,14 @@ class LsqmlAccumulator:
         # samples in batch order: the pooled sums then do not depend on how the batch was split
         samples = sorted(self.samples, key=lambda s: s[0])
         illum = sums.illum
-        illum += np.float32(opts.reg_object) * illum.max() + np.float32(1e-12)
+        floor = np.float32(opts.reg_object) * illum.max() + np.float32(1e-12)
         d_obj = sums.num  # on the batch's box; zero outside it
-        d_obj /= illum
+        fast = fused.usable(xp) and d_obj.dtype == np.complex64 and state.obj.dtype == np.complex64
+        if fast:
+            fused.divide(d_obj, illum, floor)
+        else:
+            illum += floor
+            d_obj /= illum
         chi = xp.concatenate([s[1] for s in samples])
         patches = xp.concatenate([s[2] for s in samples])
         corners = np.concatenate([s[4] for s in samples]) - sums.lo
@@ -178,8 +184,11 @@ class LsqmlAccumulator:
         # and stalled the object at 1.3x the noise floor), kept in a sane range: the directions
         # are normalised so that a step of 1 is a full projection where illumination is strong
         step_o = np.float32(opts.relax * np.clip(float(a_obj.mean()), 0.0, 2.0))
-        d_obj *= step_o
-        state.obj[sums.box] += d_obj
+        if fast:
+            fused.add_scaled(state.obj[sums.box], d_obj, step_o)
+        else:
+            d_obj *= step_o
+            state.obj[sums.box] += d_obj
         if self.update_probe:
             step_p = np.float32(opts.relax * np.clip(float(a_probe.mean()), 0.0, 2.0))
             d_probe *= step_p
