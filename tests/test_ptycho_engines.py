@@ -325,8 +325,8 @@ def test_fused_kernels_match_array_code(monkeypatch, modes, subpixel, noise):
 @pytest.mark.parametrize("engine", ["rpie", "lsqml"])
 @pytest.mark.parametrize("jitter_px", [0.0, 0.6])
 def test_fused_epoch_matches_array_epoch(monkeypatch, engine, jitter_px):
-    """One epoch with the compiled kernels (including rPIE's update step) changes object and
-    probe as the array code does, to float32 rounding."""
+    """One epoch with the compiled kernels (including the update steps and the start of LSQ-ML's
+    momentum) changes object and probe as the array code does, to float32 rounding."""
     from xmulti.ptycho import FFT2, fused
 
     if not fused.ENABLED:
@@ -379,3 +379,34 @@ def test_fused_detector_constraint_matches_float64(monkeypatch, noise):
     assert rel[True] < 1e-5 and rel[True] <= rel[False] * 1.5
     assert out[True][1] == pytest.approx(e_ref, rel=1e-5)
     assert out[True][2] == pytest.approx(n_ref, rel=1e-6)
+
+
+def test_fused_momentum_matches_array_code(monkeypatch):
+    """The one-pass heavy-ball step gives the array code's object, probe and velocity, both when
+    the velocity starts and when it continues, and leaves the probe alone when asked."""
+    from xmulti.ptycho import fused
+    from xmulti.ptycho.engine import _apply_momentum
+
+    if not fused.ENABLED:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(4)
+
+    def cplx(*shape):
+        return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+
+    obj0, obj1, obj2 = (cplx(30, 40) for _ in range(3))
+    probe0, probe1, probe2 = (cplx(2, 8, 8) for _ in range(3))
+    out = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        st = ReconState(obj1.copy(), probe1.copy(), np.zeros((1, 2)))
+        _apply_momentum(st, (obj0, probe0), 0.9, True)  # starts the velocity
+        st.obj, st.probe = obj2.copy(), probe2.copy()
+        _apply_momentum(st, (obj1, probe1), 0.9, False)  # continues it, probe held
+        out.append(st)
+    a, f = out
+    pairs = ((a.obj, f.obj), (a.probe, f.probe), (a.velocity[0], f.velocity[0]),
+             (a.velocity[1], f.velocity[1]))
+    for x, y in pairs:
+        np.testing.assert_allclose(y, x, rtol=0, atol=1e-5 * np.abs(x).max())
+    np.testing.assert_array_equal(f.probe, probe2)
