@@ -23,6 +23,7 @@ Run: ``python benchmarks/bench_ptycho.py [--quick] [--workers W] [--timing-only]
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -279,6 +280,7 @@ def main() -> None:
     jit = reference_scan(jitter=0.3)
     big = reference_scan(128)
     big_jit = reference_scan(128, jitter=0.3)
+    print(f"# load average (1 min) before the timings: {os.getloadavg()[0]:.2f}")
     for label, sim, count in (("64x64 integral", ref, reps), ("64x64 subpixel", jit, reps),
                               ("128x128 integral", big, max(3, reps // 2)),
                               ("128x128 subpixel", big_jit, max(3, reps // 2))):
@@ -286,6 +288,7 @@ def main() -> None:
             epoch, floor, ratio = time_epochs(sim, engine, w, count, EngineOptions())
             print(f"time/epoch {label} positions {engine:6s}: {ratio:5.2f} x floor "
                   f"(min epoch {epoch * 1e3:.1f} ms, min floor {floor * 1e3:.1f} ms)", flush=True)
+    print(f"# load average (1 min) after the timings: {os.getloadavg()[0]:.2f}")
     if args.timing_only:
         return
 

@@ -39,8 +39,14 @@ def usable(xp: Any) -> bool:
 def _jit(func: Any = None, **kw: Any) -> Any:
     if func is None:
         return lambda f: _jit(f, **kw)
-    # numpy error model: a division by zero gives inf/nan instead of raising (and the loops vectorise)
-    return njit(nogil=True, cache=True, error_model="numpy", **kw)(func) if njit is not None else func
+    if njit is None:  # pragma: no cover - numba is installed with xmulti
+        return func
+    # numpy error model: a division by zero gives inf/nan instead of raising (and the loops
+    # vectorise); nogil: the engines' threads run the kernels concurrently
+    try:
+        return njit(nogil=True, cache=True, error_model="numpy", **kw)(func)
+    except RuntimeError:  # pragma: no cover - no writable cache directory: compile per process
+        return njit(nogil=True, error_model="numpy", **kw)(func)
 
 
 # The loops run over rows taken as 1-D views: with 2-D/4-D indexing by computed offsets numba
