@@ -107,7 +107,7 @@ def test_gradients_match_finite_differences(noise):
         (size, size), probe, positions, FrameSource(frames, mask, batch=4), omodel, amodel,
         rng.random((9, n_el)) + 0.5, rng.random((9, n_el)) * 0.1 + 0.05, np.array([2.0, 3.0]), 1.7,
         np.array([0.3, 0.1]), rng.random((size - 1, size)), rng.random((size, size - 1)), background, 5.0,
-        noise, complex_dtype=np.complex128,
+        noise, complex_dtype=np.complex128, thickness_smooth_scale=0.7,
     )
     t = rng.random((size, size)) * 2
     c = rng.random((n_el, size, size))
@@ -132,6 +132,29 @@ def test_gradients_match_finite_differences(noise):
             dp = np.zeros_like(probe)
             dp[idx] = h * unit
             assert fd(dp=dp) == pytest.approx(2 * part(grads["probe"][idx]), rel=1e-4, abs=1e-4)
+
+
+def test_poisson_term_is_the_deviance():
+    """The Poisson term is the negative log-likelihood less the saturated one: zero with zero
+    gradient when the model equals the counts, positive otherwise, with the NLL's gradient."""
+    from xmulti.joint.model import ptycho_batch
+    from xmulti.ptycho.fft import FFT2
+
+    rng = np.random.default_rng(3)
+    n = 8
+    probes = (rng.normal(size=(1, 1, n, n)) + 1j * rng.normal(size=(1, 1, n, n))) * 5
+    windows = np.exp(1j * rng.random((2, n, n)))
+    fft = FFT2(np)
+    model = np.abs(np.fft.fft2(probes * windows[:, None], norm="ortho")) ** 2
+    valid = np.ones((n, n), bool)
+    loss, grad, _ = ptycho_batch(windows, probes, np.sqrt(model.sum(axis=1)), valid, fft, "poisson")
+    assert abs(loss) < 1e-9 * model.sum() and np.abs(grad).max() < 1e-9 * np.abs(probes).max()
+    counts = rng.poisson(model.sum(axis=1)).astype(float)
+    loss, grad, _ = ptycho_batch(windows, probes, np.sqrt(counts), valid, fft, "poisson")
+    lam = model.sum(axis=1)
+    nll = np.sum(lam - counts * np.log(lam))
+    saturated = np.sum(np.where(counts > 0, counts - counts * np.log(np.where(counts > 0, counts, 1)), 0))
+    assert loss > 0 and loss == pytest.approx(nll - saturated, rel=1e-9)
 
 
 def test_levelling_finds_the_ramp():
@@ -172,6 +195,8 @@ def test_joint_beats_the_separate_reconstructions(thick):
     sim, tree, recon, maps = thick
     sens = _sensitivity(sim)
     out = joint_reconstruct(tree, recon, maps, iterations=100, sensitivity=sens)
+    assert out.attrs["noise"] == "poisson" and out.attrs["thickness_smoothing"] == 1.0
+    assert out.attrs["thickness_difference_variance_um2"] > 0
     assert np.array_equal(out["y"].values, recon["y"].values) and np.array_equal(out["x"].values, recon["x"].values)
     assert out["thickness"].attrs["units"] == "um" and out["P"].attrs["units"] == "ug/cm2"
     assert out.attrs["exit_angle_deg"] == 15.0 and out.attrs["incident_energy_keV"] == 10.0
@@ -184,9 +209,15 @@ def test_joint_beats_the_separate_reconstructions(thick):
     truth_t = sim.phantom.thickness_um
     t_sep = _nrmse(out["thickness_initial"].values, truth_t, where)
     t_joint = _nrmse(out["thickness"].values, truth_t, where)
-    # the issue's criterion: below the separate reconstruction's error (the margin depends on how
-    # good the separate LSQ-ML phase already is: 0.0135 vs 0.0153 measured after its Poisson fix)
-    assert t_joint < 0.95 * t_sep, (t_joint, t_sep)
+    # the issue's criterion: below the separate reconstruction's error (measured: 0.0085 joint,
+    # 0.0166 separate; 0.0138 with the Gaussian-amplitude likelihood, which is biased at the low
+    # counts of most detector pixels)
+    assert t_joint < 0.75 * t_sep, (t_joint, t_sep)
+    # the cause of the earlier loss on the small preset: square roots of low counts are biased
+    # (E sqrt(I) = 0.77 at a mean of 1 count), so the Gaussian-amplitude fit distorts t
+    gaussian = joint_reconstruct(tree, recon, maps, iterations=100, sensitivity=sens, noise="gaussian",
+                                 thickness_smoothing=0.0)
+    assert t_joint < 0.8 * _nrmse(gaussian["thickness"].values, truth_t, where)
     for i, el in enumerate(sim.elements):
         truth = sim.phantom.composition_ug_cm2[i]
         sep = _nrmse(separate[el].values / sens[el], truth, where)
@@ -217,6 +248,8 @@ def test_bad_input_is_named(thick):
         joint_reconstruct(tree, recon, maps, iterations=-1, sensitivity=_sensitivity(sim))
     with pytest.raises(InvalidInputError, match="unknown joint setting.*xrf_wieght"):
         joint_reconstruct(tree, recon, maps, iterations=0, sensitivity=_sensitivity(sim), xrf_wieght=2.0)
+    with pytest.raises(InvalidInputError, match="thickness_smoothing"):
+        joint_reconstruct(tree, recon, maps, iterations=0, sensitivity=_sensitivity(sim), thickness_smoothing=-1.0)
     with pytest.raises(InvalidInputError, match="noise"):
         joint_reconstruct(tree, recon, maps, iterations=0, settings=JointSettings(sensitivity=_sensitivity(sim),
                                                                                   noise="laplace"))

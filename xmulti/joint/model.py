@@ -151,8 +151,8 @@ def absorption_factors(t_um: Any, model: AbsorptionModel, xp: ModuleType = np) -
 
 
 def ptycho_batch(
-    windows: Any, probes: Any, amplitude: Any, valid: Any, fft: Any, noise: str = "gaussian"
-) -> tuple[float, Any]:
+    windows: Any, probes: Any, amplitude: Any, valid: Any, fft: Any, noise: str = "poisson"
+) -> tuple[float, Any, Any]:
     """Negative log-likelihood of a batch of diffraction frames and its gradient on the windows.
 
     Parameters
@@ -166,10 +166,14 @@ def ptycho_batch(
     valid : array (B, N, N) or (N, N) bool
         False for masked detector pixels and unusable frames (they add nothing).
     fft : xmulti.ptycho.fft.FFT2
-    noise : {"gaussian", "poisson"}
-        Gaussian on amplitudes, ``L = 2 sum (|Psi| - sqrt(I))^2`` (the amplitude of Poisson
-        counts has variance 1/4, so this is a log-likelihood in the same units as the XRF
-        chi-square / 2), or Poisson, ``L = sum (|Psi|^2 - I log |Psi|^2)``.
+    noise : {"poisson", "gaussian"}
+        Poisson, ``L = sum (lam - I + I log(I / lam))`` with ``lam = sum_k |Psi_k|^2`` (the
+        negative log-likelihood less that of the saturated model, ``lam = I``: the same
+        gradient, and a value near half the number of bright pixels at the truth instead of a
+        large constant), or Gaussian on amplitudes, ``L = 2 sum (|Psi| - sqrt(I))^2`` (the
+        amplitude of Poisson counts has variance 1/4 only at high counts; below about 10
+        counts ``sqrt(I)`` is biased low, e.g. ``E sqrt(I) = 0.77`` at ``lam = 1``). Both are in
+        the units of the XRF chi-square / 2.
 
     Returns
     -------
@@ -186,7 +190,9 @@ def ptycho_batch(
     if noise == "poisson":
         counts = amplitude**2
         floor = 1e-12
-        loss_px = model_int - counts * xp.log(model_int + floor)
+        # I log(I / lam), with 0 log 0 = 0
+        log_ratio = xp.where(counts > 0, counts * xp.log(xp.maximum(counts, floor) / (model_int + floor)), 0.0)
+        loss_px = model_int - counts + log_ratio
         factor = 1.0 - counts / (model_int + floor)
     else:
         rho = xp.sqrt(model_int)

@@ -125,11 +125,15 @@ class JointProblem:
         Pixels without material (vacuum or ice): the plane of ``t`` over them is pinned to zero
         with ``background_weight`` (see :func:`xmulti.joint.model.background_plane`).
     background_weight : float
-    noise : {"gaussian", "poisson"}
+    noise : {"poisson", "gaussian"}
+        Likelihood of the frames (:func:`xmulti.joint.model.ptycho_batch`).
     fft : FFT2
     complex_dtype : numpy dtype
         Precision of the exit waves and FFTs (complex64 by default, twice as fast; complex128
         for gradient checks). Sums and gradients are accumulated in float64.
+    thickness_smooth_scale : float
+        Weight (per um^2) of the edge-weighted smoothness of the thickness, with the same pair
+        weights as the element maps (0: none).
     """
 
     shape: tuple[int, int]
@@ -147,9 +151,10 @@ class JointProblem:
     edge_weight_x: np.ndarray | None = None
     background: np.ndarray | None = None
     background_weight: float = 0.0
-    noise: str = "gaussian"
+    noise: str = "poisson"
     fft: FFT2 = field(default_factory=FFT2)
     complex_dtype: Any = np.complex64
+    thickness_smooth_scale: float = 0.0
 
     def __post_init__(self) -> None:
         n = self.probe.shape[-1]
@@ -206,15 +211,22 @@ class JointProblem:
     def regularisers(self, t_um: np.ndarray, c_ug_cm2: np.ndarray) -> tuple[float, np.ndarray | float, np.ndarray | float]:
         """The terms that involve no data: value and gradients with respect to ``t`` and ``c``.
 
-        They act on the whole grid at once, so a tile-parallel evaluation sums the tiles' data
-        terms and adds these once.
+        The edge-weighted smoothness of the element maps (``smooth_scale``) and of the thickness
+        (``thickness_smooth_scale``, same pair weights), and the background pin of ``t``. They act
+        on the whole grid at once, so a tile-parallel evaluation sums the tiles' data terms and
+        adds these once.
         """
         reg, grad_t, grad_c = 0.0, 0.0, 0.0
         if self.smooth_scale is not None and np.any(self.smooth_scale > 0):
             reg, grad_c = smoothness(c_ug_cm2, self.edge_weight_y, self.edge_weight_x, self.smooth_scale)
+        if self.thickness_smooth_scale > 0:
+            value, grad = smoothness(t_um[None], self.edge_weight_y, self.edge_weight_x, [self.thickness_smooth_scale])
+            reg += value
+            grad_t = grad[0]
         if self.background is not None and self.background_weight > 0:
-            pin, grad_t = background_plane(t_um, self.background, self.background_weight)
+            pin, grad_pin = background_plane(t_um, self.background, self.background_weight)
             reg += pin
+            grad_t = grad_t + grad_pin
         return reg, grad_t, grad_c
 
     def evaluate(
@@ -238,8 +250,8 @@ class JointProblem:
             ``"t"`` (H, W), ``"c"`` (E, H, W) real; ``"probe"`` ``dL/dP*`` (K, N, N) complex
             when ``probe`` is given (``dL/dRe P = 2 Re``, ``dL/dIm P = 2 Im`` of it).
         terms : dict
-            ``ptycho``, ``xrf`` (before the weight ``lambda``) and ``smoothness`` (with the
-            background pin).
+            ``ptycho``, ``xrf`` (before the weight ``lambda``) and ``smoothness`` (all of
+            :meth:`regularisers`: both smoothness terms and the background pin).
         """
         n = self.probe.shape[-1]
         lam = self.xrf_weight

@@ -32,14 +32,24 @@ class JointSettings:
         The matrix that sets the phase ("protein", "ice", "FORMULA:DENSITY").
     ice_thickness_um : float
         Ice layer the matrix displaces (um; 0: dried sample in vacuum).
-    noise : {"gaussian", "poisson"}
-        Likelihood of the diffraction data.
+    noise : {"poisson", "gaussian"}
+        Likelihood of the diffraction counts: Poisson (default), or Gaussian on their square
+        roots, which is biased below about 10 counts, where most detector pixels of a
+        cell's frame are, and pulls the thickness away from the truth (``docs/joint.md``).
     smoothing : float
         Weight of the edge-weighted smoothness of the element maps, relative to the XRF data
         curvature and the footprint area (default 2, chosen on simulated cells); 0 turns it off.
     edge_um : float, optional
         Thickness step (um) at which a pair of pixels counts as an edge; default 5 % of the
         thickest part.
+    thickness_smoothing : float
+        Weight of the edge-weighted smoothness of the thickness (a Gaussian Markov random field
+        prior on neighbour differences, the element maps' edge weights), in units of its
+        empirical-Bayes precision ``1 / tau^2``, ``tau^2`` the mean edge-weighted square
+        neighbour difference of the starting thickness over the well-lit region (default 1: the
+        prior as estimated; 0 turns it off). The data leave pixel-scale thickness noise of about
+        ``1 / sqrt(2 k^2 delta^2 sum |P|^2)`` um; the prior removes most of it where the start is
+        smooth and lets edges of the start through.
     element_phase : bool
         Include the elements' own (tiny) refractive index in the transmission.
     level : bool
@@ -56,9 +66,10 @@ class JointSettings:
     sensitivity: Any = None
     matrix: Any = "protein"
     ice_thickness_um: float = 0.0
-    noise: str = "gaussian"
+    noise: str = "poisson"
     smoothing: float = 2.0
     edge_um: float | None = None
+    thickness_smoothing: float = 1.0
     element_phase: bool = False
     level: bool = True
     batch: int = 64
@@ -76,9 +87,13 @@ class JointSettings:
         """Raise InvalidInputError on settings that cannot describe a joint problem."""
         if not float(self.ice_thickness_um) >= 0:
             raise InvalidInputError(f"ice_thickness_um must be >= 0, got {self.ice_thickness_um}")
-        if not (np.isfinite(self.xrf_weight) and self.xrf_weight >= 0 and np.isfinite(self.smoothing)
-                and self.smoothing >= 0):
-            raise InvalidInputError("xrf_weight and smoothing must be finite and >= 0")
+        for name in ("xrf_weight", "smoothing", "thickness_smoothing"):
+            try:
+                value = float(getattr(self, name))
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not (np.isfinite(value) and value >= 0):
+                raise InvalidInputError(f"{name} must be finite and >= 0, got {value}")
         if self.noise not in ("gaussian", "poisson"):
             raise InvalidInputError(f"noise must be 'gaussian' or 'poisson', not {self.noise!r}")
         if int(self.batch) < 1:
@@ -86,5 +101,6 @@ class JointSettings:
 
     def as_attrs(self) -> dict:
         """The scalar settings as result attributes."""
-        return {"xrf_weight": float(self.xrf_weight), "smoothing": float(self.smoothing), "noise": self.noise,
+        return {"xrf_weight": float(self.xrf_weight), "smoothing": float(self.smoothing),
+                "thickness_smoothing": float(self.thickness_smoothing), "noise": self.noise,
                 "element_phase": int(bool(self.element_phase))}

@@ -81,6 +81,19 @@ def _edge_weights(t_um: np.ndarray, region: np.ndarray, edge_um: float | None) -
     dx = np.diff(smooth, axis=1)
     return 1.0 / (1.0 + (dy / edge_um) ** 2), 1.0 / (1.0 + (dx / edge_um) ** 2), float(edge_um)
 
+def _difference_variance(t_um: np.ndarray, wy: np.ndarray, wx: np.ndarray, region: np.ndarray) -> float:
+    """``tau^2`` (um^2): mean edge-weighted square neighbour difference ``w (t(a) - t(b))^2`` of
+    the pairs inside ``region`` (the prior variance of a difference, estimated from the start)."""
+    in_y = region[1:] & region[:-1]
+    in_x = region[:, 1:] & region[:, :-1]
+    total = (wy * np.diff(t_um, axis=0) ** 2)[in_y].sum() + (wx * np.diff(t_um, axis=1) ** 2)[in_x].sum()
+    count = int(in_y.sum() + in_x.sum())
+    if count == 0 or not total > 0:
+        raise InvalidInputError("the starting thickness is flat over the lit region: no scale for the thickness prior "
+                                "(thickness_smoothing=0 turns it off)")
+    return float(total / count)
+
+
 def build_problem(
     scan_tree: Any,
     recon: Any,
@@ -222,6 +235,12 @@ def build_problem(
         # as stiff as the data in a typical well-lit pixel: pins the 3 free directions only
         d_t = 2.0 * k_um**2 * abs(omodel.matrix_index) ** 2 * illum_curv
         problem.background_weight = float(np.median(d_t[region]))
+    tau2 = 0.0
+    if cfg.thickness_smoothing > 0:
+        # empirical Bayes: the prior variance of a (weighted) neighbour difference is what the
+        # start shows; its own noise is in it, so the estimate errs towards a weaker prior
+        tau2 = _difference_variance(t0, wy, wx, region)
+        problem.thickness_smooth_scale = float(cfg.thickness_smoothing) / tau2
     if smoothing > 0:
         from ..footprint import footprint_radius_um, probe_intensity
 
@@ -233,7 +252,7 @@ def build_problem(
         radius_px = footprint_radius_um(probe_intensity(probe), 1.0)
         problem.smooth_scale = float(smoothing) * np.asarray(scale) * (radius_px / 10.0) ** 2
     info = dict(y=y, x=x, elements=elements, sensitivity=s, matrix=mat, energy=energy, geometry=geo, ice=ice,
-                edge=edge, gradient=gradient)
+                edge=edge, gradient=gradient, thickness_difference_um2=tau2)
     return problem, t0, c0, info
 
 def result_dataset(t, c, t0, probe, history, problem, info, settings: dict):
@@ -261,6 +280,7 @@ def result_dataset(t, c, t0, probe, history, problem, info, settings: dict):
         "ice_thickness_um": info["ice"],
         **settings,
         "edge_um": info["edge"],
+        "thickness_difference_variance_um2": float(info.get("thickness_difference_um2", 0.0)),
         "levelled_phase_gradient_rad_per_px": list(info["gradient"]),
         "elements": elements,
         "evaluations": int(problem.evaluations),

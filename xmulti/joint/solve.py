@@ -8,15 +8,17 @@ out) that starts from the separate reconstructions. Model and references in ``do
 The objective (negative log-likelihoods, both in the same units)::
 
     L(t, c, P) = L_ptycho(t, c, P) + lambda * 1/2 sum_ij ((m_ij(t, c, P) - d_ij) / sigma_ij)^2
-                 + R(c) + R_background(t)
+                 + R(c) + R_t(t) + R_background(t)
 
-with ``L_ptycho`` the Gaussian-amplitude (or Poisson) likelihood of the diffraction frames for
+with ``L_ptycho`` the Poisson (or Gaussian-amplitude) likelihood of the diffraction counts for
 the transmission of :func:`xmulti.joint.model.transmission` seen by the probe ``P`` (started from
 the reconstructed one and refined, or held fixed) at the reconstructed positions, ``d``,
 ``sigma`` the separately fitted XRF signal and its uncertainty at each position, ``R`` an
 edge-weighted smoothness of the element maps whose edge weights come from the starting thickness
 (edges of the structure permit edges in ``c``; the object grid has about ten times more pixels
-than there are scan positions), and ``R_background`` the pin of the phase offset and ramp
+than there are scan positions), ``R_t`` the same edge-weighted smoothness of the thickness with
+its weight estimated from the start (empirical Bayes, ``thickness_smoothing``), and
+``R_background`` the pin of the phase offset and ramp
 (:func:`xmulti.joint.model.background_plane`). The setup is in :mod:`xmulti.joint.setup`.
 """
 
@@ -47,7 +49,8 @@ def solve(
     """Minimise the joint objective with L-BFGS-B (bounds ``t >= 0``, ``c >= 0``).
 
     Variables are scaled by the square root of a diagonal Gauss-Newton curvature (illumination
-    for ``t``, XRF coverage plus smoothness for ``c``, the number of positions for the probe),
+    plus smoothness for ``t``, XRF coverage plus smoothness for ``c``, the number of positions
+    for the probe),
     so one step size suits pixels that are seen often and rarely, and every kind of unknown.
 
     Parameters
@@ -75,7 +78,8 @@ def solve(
     illum, xrf = problem.curvatures()
     k = problem.object_model.wavenumber_per_um
     d_t = 2.0 * k**2 * abs(problem.object_model.matrix_index) ** 2 * illum
-    d_t = d_t + 1e-3 * d_t.max() + 1e-30
+    # a smoothness of weight mu adds up to 4 mu to a pixel's curvature (four neighbours)
+    d_t = d_t + 4.0 * float(problem.thickness_smooth_scale) + 1e-3 * d_t.max() + 1e-30
     d_c = xrf.copy()
     if problem.smooth_scale is not None:
         d_c += 4.0 * np.asarray(problem.smooth_scale)[:, None, None]
