@@ -410,3 +410,35 @@ def test_fused_momentum_matches_array_code(monkeypatch):
     for x, y in pairs:
         np.testing.assert_allclose(y, x, rtol=0, atol=1e-5 * np.abs(x).max())
     np.testing.assert_array_equal(f.probe, probe2)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("with_probe", [True, False])
+def test_fused_step_sums_match_real_dots(shared, with_probe):
+    """LSQ-ML's one-pass normal-equation sums equal the array code's batched real dot products of
+    ``dO_j P_j``, ``O_j dP_j`` and ``chi_j``."""
+    from xmulti.ptycho import fused
+    from xmulti.ptycho.forward import extract_patches
+    from xmulti.ptycho.lsqml import real_dot
+
+    if not fused.ENABLED:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(6)
+
+    def cplx(*shape):
+        return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+
+    b, k, n = 7, 2, 16
+    chi, patches, d_obj = cplx(b, k, n, n), cplx(b, n, n), cplx(40, 40)
+    probes = cplx(k, n, n) if shared else cplx(b, k, n, n)
+    d_probes = (cplx(k, n, n) if shared else cplx(b, k, n, n)) if with_probe else None
+    corners = rng.integers(0, 40 - n, (b, 2))
+    out = np.zeros(5)
+    fused.step_sums(chi, patches, probes, d_obj, corners, d_probes, out)
+    u = extract_patches(d_obj, corners, n)[:, None] * (probes[None] if shared else probes)
+    expected = [real_dot(u, u).sum(), 0.0, 0.0, real_dot(u, chi).sum(), 0.0]
+    if with_probe:
+        v = patches[:, None] * (d_probes[None] if shared else d_probes)
+        expected[1:3] = [real_dot(u, v).sum(), real_dot(v, v).sum()]
+        expected[4] = real_dot(v, chi).sum()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * abs(expected[0]))

@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - numba is installed with xmulti
 
 __all__ = [
     "ENABLED", "usable", "windows", "fourier", "sums", "divided_step", "ramped", "ramped_sum",
-    "divide", "add_scaled", "momentum",
+    "divide", "add_scaled", "momentum", "step_sums",
 ]
 
 # False forces the array-module code on numpy too
@@ -328,3 +328,56 @@ def momentum(x: np.ndarray, before: np.ndarray, v: np.ndarray, m: float, fresh: 
     """Heavy-ball step in one pass: ``v = m v + (x - before)`` (``v = x - before`` when
     ``fresh``), then ``x += m v`` when ``move``; 2-D complex64 arrays, in place."""
     _momentum(x, before, v, np.complex64(m), fresh, move)
+
+
+@_jit(fastmath={"reassoc", "contract"})
+def _step_sums(chi, patches, probes, d_obj, local, d_probes, with_probe, out):  # pragma: no cover
+    bsz, k_modes, n, _ = chi.shape
+    a11 = 0.0
+    a12 = 0.0
+    a22 = 0.0
+    b1 = 0.0
+    b2 = 0.0
+    for b in range(bsz):
+        y0 = local[b, 0]
+        x0 = local[b, 1]
+        pb = b if probes.shape[0] > 1 else 0
+        db = b if d_probes.shape[0] > 1 else 0
+        for k in range(k_modes):
+            for i in range(n):
+                crow = chi[b, k, i]
+                orow = patches[b, i]
+                prow = probes[pb, k, i]
+                qrow = d_probes[db, k, i]
+                drow = d_obj[y0 + i, x0 : x0 + n]
+                for j in range(n):
+                    u = drow[j] * prow[j]  # dO_j P_j
+                    c = crow[j]
+                    a11 += u.real * u.real + u.imag * u.imag
+                    b1 += u.real * c.real + u.imag * c.imag
+                    if with_probe:
+                        v = orow[j] * qrow[j]  # O_j dP_j
+                        a22 += v.real * v.real + v.imag * v.imag
+                        a12 += u.real * v.real + u.imag * v.imag
+                        b2 += v.real * c.real + v.imag * c.imag
+    out[0] += a11
+    out[1] += a12
+    out[2] += a22
+    out[3] += b1
+    out[4] += b2
+
+
+def step_sums(chi: np.ndarray, patches: np.ndarray, probes: np.ndarray, d_obj: np.ndarray,
+              local: np.ndarray, d_probes: np.ndarray | None, out: np.ndarray) -> None:
+    """Add the LSQ-ML step normal-equation sums of sampled windows to ``out`` (5,) float64.
+
+    With ``u = dO_j P_j`` (``d_obj`` windows at ``local`` corners times the probes) and
+    ``v = O_j dP_j``: ``out += [sum|u|^2, sum Re(u* v), sum|v|^2, sum Re(u* chi), sum Re(v* chi)]``,
+    one pass and no (B, K, N, N) temporaries. ``probes``/``d_probes`` are (K, N, N) (every
+    window) or (B, K, N, N); ``d_probes`` None: object step only (the ``v`` sums stay 0).
+    """
+    p4 = probes[None] if probes.ndim == 3 else probes
+    with_probe = d_probes is not None
+    q = (np.zeros((1,) + p4.shape[1:], np.complex64) if d_probes is None
+         else d_probes[None] if d_probes.ndim == 3 else d_probes)
+    _step_sums(chi, patches, p4, d_obj, np.ascontiguousarray(local, np.int64), q, with_probe, out)

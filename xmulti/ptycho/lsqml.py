@@ -75,14 +75,22 @@ def optimal_steps(
     b1 = real_dot(d_obj, chi, xp)
     if pooled:
         a11, b1 = a11.sum(keepdims=True), b1.sum(keepdims=True)
-    tiny = 1e-12 * (float(a11.max()) + 1e-30)
     if d_probe is None:
-        return b1 / (a11 + tiny), None
+        return solve_steps(a11, None, None, b1, None)
     a22 = real_dot(d_probe, d_probe, xp)
     a12 = real_dot(d_obj, d_probe, xp)
     b2 = real_dot(d_probe, chi, xp)
     if pooled:
         a22, a12, b2 = (v.sum(keepdims=True) for v in (a22, a12, b2))
+    return solve_steps(a11, a12, a22, b1, b2)
+
+
+def solve_steps(a11: Any, a12: Any, a22: Any, b1: Any, b2: Any) -> tuple[Any, Any | None]:
+    """Steps from the 2x2 normal equations ``[[a11, a12], [a12, a22]] (a_O, a_P) = (b1, b2)``
+    (``a12``, ``a22``, ``b2`` None: object only, ``a_O = b1 / a11``)."""
+    tiny = 1e-12 * (float(np.max(a11)) + 1e-30)
+    if a22 is None:
+        return b1 / (a11 + tiny), None
     # small Tikhonov term keeps the 2x2 solve stable when the directions are nearly parallel
     a11 = a11 + tiny + 1e-3 * a11
     a22 = a22 + tiny + 1e-3 * a22
@@ -149,7 +157,6 @@ class LsqmlAccumulator:
     def apply(self, state: ReconState, opts: EngineOptions, fft: FFT2) -> None:
         """Directions, optimal steps, and the update of ``state`` (in place)."""
         xp = self.xp
-        n = state.probe.shape[-1]
         sums = self.sums
         # samples in batch order: the pooled sums then do not depend on how the batch was split
         samples = sorted(self.samples, key=lambda s: s[0])
@@ -162,23 +169,12 @@ class LsqmlAccumulator:
         else:
             illum += floor
             d_obj /= illum
-        chi = xp.concatenate([s[1] for s in samples])
-        patches = xp.concatenate([s[2] for s in samples])
-        corners = np.concatenate([s[4] for s in samples]) - sums.lo
-        shared = samples[0][3] is None
-        probes = state.probe[None] if shared else xp.concatenate([s[3] for s in samples])
-        dop = extract_patches(d_obj, corners, n, xp)[:, None] * probes
+        d_probe = None
         if self.update_probe:
             pden = sums.pden + np.float32(opts.reg_probe) * sums.pden.max() + np.float32(1e-12)
             d_probe = sums.pnum / pden[None]
-            if shared:
-                odp = patches[:, None] * d_probe[None]
-            else:
-                frac = np.concatenate([s[5] for s in samples])
-                odp = patches[:, None] * shifted_probes(fft.forward(d_probe.copy()), frac, fft)
-            a_obj, a_probe = optimal_steps(chi, dop, odp, xp, pooled=True)
-        else:
-            a_obj, a_probe = optimal_steps(chi, dop, None, xp, pooled=True)
+        steps = self._fused_steps if fast else self._array_steps
+        a_obj, a_probe = steps(samples, state, d_obj, d_probe, fft)
         # one step per direction, least squares over the sampled positions (the mean of
         # per-position steps, ratios of small noisy numbers near convergence, went negative
         # and stalled the object at 1.3x the noise floor), kept in a sane range: the directions
@@ -189,10 +185,45 @@ class LsqmlAccumulator:
         else:
             d_obj *= step_o
             state.obj[sums.box] += d_obj
-        if self.update_probe:
+        if d_probe is not None:
             step_p = np.float32(opts.relax * np.clip(float(a_probe.mean()), 0.0, 2.0))
             d_probe *= step_p
             state.probe += d_probe
+
+    def _fused_steps(self, samples: list, state: ReconState, d_obj: Any, d_probe: Any | None,
+                     fft: FFT2) -> tuple[Any, Any | None]:
+        """Pooled steps from the sampled windows in one pass per part (no temporaries)."""
+        out = np.zeros(5)
+        for _, chi, patches, probes, corners, frac in samples:
+            probes = state.probe if probes is None else probes
+            dp = d_probe
+            if d_probe is not None and frac is not None:
+                dp = shifted_probes(fft.forward(d_probe.copy()), frac, fft)
+            fused.step_sums(chi, patches, probes, d_obj, corners - self.sums.lo, dp, out)
+        a11, a12, a22, b1, b2 = (out[i : i + 1] for i in range(5))
+        if d_probe is None:
+            return solve_steps(a11, None, None, b1, None)
+        return solve_steps(a11, a12, a22, b1, b2)
+
+    def _array_steps(self, samples: list, state: ReconState, d_obj: Any, d_probe: Any | None,
+                     fft: FFT2) -> tuple[Any, Any | None]:
+        """Pooled steps from the sampled windows with array operations (any ``xp``)."""
+        xp = self.xp
+        n = state.probe.shape[-1]
+        chi = xp.concatenate([s[1] for s in samples])
+        patches = xp.concatenate([s[2] for s in samples])
+        corners = np.concatenate([s[4] for s in samples]) - self.sums.lo
+        shared = samples[0][3] is None
+        probes = state.probe[None] if shared else xp.concatenate([s[3] for s in samples])
+        dop = extract_patches(d_obj, corners, n, xp)[:, None] * probes
+        if d_probe is not None:
+            if shared:
+                odp = patches[:, None] * d_probe[None]
+            else:
+                frac = np.concatenate([s[5] for s in samples])
+                odp = patches[:, None] * shifted_probes(fft.forward(d_probe.copy()), frac, fft)
+            return optimal_steps(chi, dop, odp, xp, pooled=True)
+        return optimal_steps(chi, dop, None, xp, pooled=True)
 
 
 def lsqml_update(
