@@ -172,8 +172,8 @@ def ptycho_batch(
         gradient, and a value near half the number of bright pixels at the truth instead of a
         large constant), or Gaussian on amplitudes, ``L = 2 sum (|Psi| - sqrt(I))^2`` (the
         amplitude of Poisson counts has variance 1/4 only at high counts; below about 10
-        counts ``sqrt(I)`` is biased low, e.g. ``E sqrt(I) = 0.77`` at ``lam = 1``). Both are in
-        the units of the XRF chi-square / 2.
+        counts ``sqrt(I)`` is biased low, e.g. ``E sqrt(I) = 0.77`` at ``lam = 1``; Godard et
+        al., Opt. Express 20, 25914 (2012)). Both are in the units of the XRF chi-square / 2.
 
     Returns
     -------

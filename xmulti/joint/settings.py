@@ -49,7 +49,8 @@ class JointSettings:
         neighbour difference of the starting thickness over the well-lit region (default 1: the
         prior as estimated; 0 turns it off). The data leave pixel-scale thickness noise of about
         ``1 / sqrt(2 k^2 delta^2 sum |P|^2)`` um; the prior removes most of it where the start is
-        smooth and lets edges of the start through.
+        smooth and lets edges of the start through (H. Rue, L. Held, *Gaussian Markov Random
+        Fields*, 2005).
     element_phase : bool
         Include the elements' own (tiny) refractive index in the transmission.
     level : bool
