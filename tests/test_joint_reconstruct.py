@@ -157,6 +157,24 @@ def test_poisson_term_is_the_deviance():
     assert loss > 0 and loss == pytest.approx(nll - saturated, rel=1e-9)
 
 
+def test_thickness_prior_scale_is_the_mean_square_difference():
+    """The thickness prior's variance is the mean edge-weighted square neighbour difference of
+    the start over the region (a ramp of slope a along x: a^2 times the share of x pairs)."""
+    from xmulti.joint.setup import _difference_variance
+
+    shape, slope = (20, 30), 0.1
+    t = slope * np.indices(shape)[1].astype(float)
+    region = np.ones(shape, bool)
+    wy, wx = np.ones((19, 30)), np.ones((20, 29))
+    pairs_y, pairs_x = 19 * 30, 20 * 29
+    assert _difference_variance(t, wy, wx, region) == pytest.approx(slope**2 * pairs_x / (pairs_x + pairs_y))
+    # a pair's weight scales its contribution; pairs leaving the region do not count
+    assert _difference_variance(t, wy, 0.5 * wx, region) == pytest.approx(0.5 * slope**2 * pairs_x / (pairs_x + pairs_y))
+    region[:, 15:] = False
+    assert _difference_variance(t, wy, wx, region) == pytest.approx(slope**2 * (20 * 14) / (20 * 14 + 19 * 15))
+    assert _difference_variance(np.zeros(shape), wy, wx, region) == 0.0
+
+
 def test_levelling_finds_the_ramp():
     """The joint start levels the phase with xmulti.inputs.level_reconstructed_phase: the plane
     through the background around the segmented cells."""

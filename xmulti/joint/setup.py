@@ -83,15 +83,13 @@ def _edge_weights(t_um: np.ndarray, region: np.ndarray, edge_um: float | None) -
 
 def _difference_variance(t_um: np.ndarray, wy: np.ndarray, wx: np.ndarray, region: np.ndarray) -> float:
     """``tau^2`` (um^2): mean edge-weighted square neighbour difference ``w (t(a) - t(b))^2`` of
-    the pairs inside ``region`` (the prior variance of a difference, estimated from the start)."""
+    the pairs inside ``region`` (the prior variance of a difference, estimated from the start);
+    0 when the start is flat there (no structure: no scale for a prior)."""
     in_y = region[1:] & region[:-1]
     in_x = region[:, 1:] & region[:, :-1]
     total = (wy * np.diff(t_um, axis=0) ** 2)[in_y].sum() + (wx * np.diff(t_um, axis=1) ** 2)[in_x].sum()
     count = int(in_y.sum() + in_x.sum())
-    if count == 0 or not total > 0:
-        raise InvalidInputError("the starting thickness is flat over the lit region: no scale for the thickness prior "
-                                "(thickness_smoothing=0 turns it off)")
-    return float(total / count)
+    return float(total / count) if count > 0 and total > 0 else 0.0
 
 
 def build_problem(
@@ -240,7 +238,7 @@ def build_problem(
         # empirical Bayes: the prior variance of a (weighted) neighbour difference is what the
         # start shows; its own noise is in it, so the estimate errs towards a weaker prior
         tau2 = _difference_variance(t0, wy, wx, region)
-        problem.thickness_smooth_scale = float(cfg.thickness_smoothing) / tau2
+        problem.thickness_smooth_scale = float(cfg.thickness_smoothing) / tau2 if tau2 > 0 else 0.0
     if smoothing > 0:
         from ..footprint import footprint_radius_um, probe_intensity
 
