@@ -25,7 +25,7 @@ from .fourier import fourier_update
 from .shift import is_integral, shifted_probes
 from .state import ReconState
 
-__all__ = ["BatchWork", "exit_wave_update", "split_batch", "run_parts"]
+__all__ = ["BatchWork", "exit_wave_update", "split_batch", "even_bounds", "run_parts"]
 
 # fewest positions per thread: below that the thread hand-over costs more than it saves
 _MIN_PART = 4
@@ -125,8 +125,13 @@ def split_batch(index: np.ndarray, fft: FFT2, min_part: int = _MIN_PART) -> list
     """
     threads = fft.workers if fft.xp is np else 1
     parts = max(1, min(int(threads or 1), len(index) // min_part))
-    bounds = np.linspace(0, len(index), parts + 1).round().astype(int)
-    return [(int(a), index[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    bounds = even_bounds(len(index), parts)
+    return [(a, index[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def even_bounds(size: int, parts: int) -> list[int]:
+    """Boundaries of ``parts`` contiguous ranges of sizes differing by at most one."""
+    return [(size * i) // parts for i in range(parts + 1)]
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

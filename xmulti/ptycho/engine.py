@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from . import fused
-from .batch import exit_wave_update, run_parts, split_batch
+from .batch import even_bounds, exit_wave_update, run_parts, split_batch
 from .data import Frames
 from .fft import FFT2, get_xp
 from .forward import check_windows, window_corners
@@ -150,7 +150,7 @@ def _run_batch(state: ReconState, frames: Frames, idx: np.ndarray, engine: str, 
         err = norm = 0.0
         strengths, moves = [], []
         pieces = -(-len(sub) // chunk) if lsqml else 1  # equal chunks, none tiny
-        bounds = np.linspace(0, len(sub), pieces + 1).round().astype(int)
+        bounds = even_bounds(len(sub), pieces)
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             cidx = sub[a:b]
             work = exit_wave_update(state, frames, cidx, tfft, opts.noise, fit_intensity)
@@ -167,7 +167,7 @@ def _run_batch(state: ReconState, frames: Frames, idx: np.ndarray, engine: str, 
                 strengths.append((cidx, strength))
                 moves.append((cidx, shifts))
             if lsqml:
-                sums.add(work, tfft, offset + int(a))
+                sums.add(work, tfft, offset + a)
             else:
                 sums.add(work, tfft)
         return sums, err, norm, strengths, moves

@@ -146,8 +146,11 @@ def _poisson_factor(mod: Any, amp: Any, xp: Any) -> Any:
 
     At ``a = 1/2``, with ``q = I / |Psi|^2``, ``g = (1 + q) / 2`` and ``s = r / (1 + q)``, the
     sums reduce to ``L'/2 = sum h s / 2`` and ``L''/2 = sum h (2 - s^2)`` with
-    ``h = |Psi|^2 r^2``: a few passes over the frames and two batched dot products. ``mod`` is
-    overwritten.
+    ``h = |Psi|^2 r^2``, so ``a = 1/2 - L'/(2 L'') = sum h (1 - s)(2 + s) / (2 sum h (2 - s^2))``.
+    That form is summed: its terms are all positive (``1 - s = 2 / (1 + q)``), whereas
+    ``1/2 - L'/(2 L'')`` cancels catastrophically when pixels with counts but a near-zero model
+    (e.g. outside the probe's aperture while the object is still flat) dominate the sums: in
+    float32 the step then came out as rounding noise. ``mod`` is overwritten.
     """
     b = mod.shape[0]
     m2 = xp.multiply(mod, mod, out=mod)
@@ -155,16 +158,18 @@ def _poisson_factor(mod: Any, amp: Any, xp: Any) -> Any:
     q = amp * amp
     q /= m2
     r = q - np.float32(1)
-    q += np.float32(1)
-    s = xp.divide(r, q, out=q)  # r / (1 + q), in [-1, 1)
+    q += np.float32(1)  # 1 + q
+    s = r / q  # in [-1, 1)
     h = r * r
     h *= m2
-    hf = h.reshape(b, 1, -1)
-    sf = s.reshape(b, -1, 1)
-    sum_h = h.reshape(b, -1).sum(axis=1)
-    sum_hs = xp.matmul(hf, sf)[:, 0, 0]
-    h *= s
-    sum_hss = xp.matmul(hf, sf)[:, 0, 0]
-    a = xp.clip(0.5 - 0.5 * sum_hs / (2 * sum_h - sum_hss + _EPS), 0.0, 1.0).astype(np.float32)
+    den = 2 - s * s
+    den *= h
+    num = s + 2
+    num *= h
+    num /= q
+    num *= 2  # h (2 + s)(1 - s)
+    sum_num = num.reshape(b, -1).sum(axis=1, dtype=np.float64)
+    sum_den = den.reshape(b, -1).sum(axis=1, dtype=np.float64)
+    a = xp.clip(0.5 * sum_num / (sum_den + _EPS), 0.0, 1.0).astype(np.float32)
     r *= a[:, None, None]
     return r

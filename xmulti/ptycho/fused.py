@@ -91,6 +91,7 @@ def _fourier(spec, amp, scale, poisson, power, m2, work):  # pragma: no cover - 
     bsz, k_modes, npix = spec.shape
     eps = np.float32(1e-6)
     one = np.float32(1.0)
+    two = np.float32(2.0)
     zero = np.float32(0.0)
     error = 0.0
     norm = 0.0
@@ -104,14 +105,14 @@ def _fourier(spec, amp, scale, poisson, power, m2, work):  # pragma: no cover - 
                 m2[p] += z[p].real * z[p].real + z[p].imag * z[p].imag
         arow = amp[b]
         c = scale[b]
-        # per-frame sums in float32 (vectorised; 4096-pixel frames lose < 1e-5 relative),
-        # added up over the frames in float64
+        # per-frame sums in float32 (vectorised), added up over the frames in float64; the
+        # Newton step's sums are of positive terms only (see fourier._poisson_factor), so
+        # float32 keeps their relative accuracy
         pw = zero
         e_b = zero
         n_b = zero
-        s_h = zero
-        s_hs = zero
-        s_hss = zero
+        s_num = zero
+        s_den = zero
         for p in range(npix):
             a = arow[p]
             valid = a >= 0  # invalid pixels: the model keeps its amplitude, no update
@@ -125,11 +126,11 @@ def _fourier(spec, amp, scale, poisson, power, m2, work):  # pragma: no cover - 
                 m2s = mod * mod + eps
                 q = av * av / m2s
                 r = q - one
-                s = r / (q + one)
+                qp1 = q + one
+                s = r / qp1
                 h = r * r * m2s
-                s_h += h
-                s_hs += h * s
-                s_hss += h * s * s
+                s_num += h * (two + s) * two / qp1  # h (1 - s)(2 + s), 1 - s = 2 / (1 + q)
+                s_den += h * (two - s * s)
                 work[p] = r if valid else zero
             else:
                 work[p] = d / (mod + eps)
@@ -138,7 +139,7 @@ def _fourier(spec, amp, scale, poisson, power, m2, work):  # pragma: no cover - 
         power[b] = pw
         step = one
         if poisson:
-            a_b = 0.5 - 0.5 * float(s_hs) / (2.0 * float(s_h) - float(s_hss) + 1e-6)
+            a_b = 0.5 * float(s_num) / (float(s_den) + 1e-6)
             step = np.float32(min(max(a_b, 0.0), 1.0))
         for k in range(k_modes):
             z = spec[b, k]
