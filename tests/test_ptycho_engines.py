@@ -355,10 +355,13 @@ def test_fused_epoch_matches_array_epoch(monkeypatch, engine, jitter_px):
     np.testing.assert_allclose(out[1].errors, out[0].errors, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dark", [False, True])
 @pytest.mark.parametrize("noise", ["gaussian", "poisson"])
-def test_fused_detector_constraint_matches_float64(monkeypatch, noise):
+def test_fused_detector_constraint_matches_float64(monkeypatch, noise, dark):
     """The fused detector constraint agrees with a float64 evaluation of the array code to a few
-    1e-6 (relative), closer than the float32 array code itself."""
+    1e-6 (relative), as closely as the float32 array code; also when pixels with counts have a
+    zero model (outside the probe's aperture while the object is flat), where the Poisson
+    step's sums once cancelled to rounding noise in float32."""
     from xmulti.ptycho import fused
     from xmulti.ptycho.fourier import fourier_update
 
@@ -369,6 +372,8 @@ def test_fused_detector_constraint_matches_float64(monkeypatch, noise):
     spec = (rng.normal(0, 3, (b, 1, n, n)) + 1j * rng.normal(0, 3, (b, 1, n, n))).astype(np.complex64)
     amp = np.sqrt(rng.poisson(np.abs(spec[:, 0]) ** 2 * rng.uniform(0.5, 1.5))).astype(np.float32)
     scale = rng.uniform(0.9, 1.1, b)
+    if dark:
+        spec[:, :, 10:, :] = 0  # zero model where the data have counts
     ref, e_ref, n_ref, _ = fourier_update(spec.astype(np.complex128), amp.astype(np.float64), False,
                                           noise, np, None, scale)
     out = {}
@@ -376,7 +381,7 @@ def test_fused_detector_constraint_matches_float64(monkeypatch, noise):
         monkeypatch.setattr(fused, "ENABLED", enabled)
         out[enabled] = fourier_update(spec.copy(), amp, False, noise, np, None, scale)
     rel = {k: np.linalg.norm(v[0] - ref) / np.linalg.norm(ref) for k, v in out.items()}
-    assert rel[True] < 1e-5 and rel[True] <= rel[False] * 1.5
+    assert rel[True] < 1e-5 and rel[False] < 1e-5
     assert out[True][1] == pytest.approx(e_ref, rel=1e-5)
     assert out[True][2] == pytest.approx(n_ref, rel=1e-6)
 
