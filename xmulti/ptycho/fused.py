@@ -1,14 +1,16 @@
 """Fused CPU kernels of the engines' element-wise steps (numba), used when ``xp`` is numpy.
 
-The array-module code of :mod:`~xmulti.ptycho.batch`, :mod:`~xmulti.ptycho.fourier` and
-:mod:`~xmulti.ptycho.updates` (which also runs on cupy) makes one pass over the frames per numpy
-operation: about 25 passes per position and epoch besides the two FFTs, which on a CPU cost as
-much as the FFTs themselves. These kernels do the same arithmetic in three passes (windows and
-exit waves; the detector constraint, frame by frame while the frame is in cache; the object and
-probe sums), compiled once (cached on disk) and without the GIL, so the engines' threads run
-them concurrently. Each returns what the array code returns, to float32 rounding (sums are
-accumulated in float64 here), and :data:`ENABLED` switches them off (tests compare both paths).
-The formulas are documented where the array code is.
+The array-module code of :mod:`~xmulti.ptycho.batch`, :mod:`~xmulti.ptycho.fourier`,
+:mod:`~xmulti.ptycho.updates`, :mod:`~xmulti.ptycho.shift`, :mod:`~xmulti.ptycho.rpie`,
+:mod:`~xmulti.ptycho.lsqml` and the engine's momentum (which also runs on cupy) makes one pass
+over the data per numpy operation: about 25 passes per position and epoch besides the two FFTs,
+which on a CPU cost as much as the FFTs themselves. These kernels do the same arithmetic in one
+pass each (windows and exit waves; the detector constraint, frame by frame while the frame is
+in cache; the object and probe sums; the subpixel phase ramps; the update steps), compiled once
+(cached on disk) and without the GIL, so the engines' threads run them concurrently. Each gives
+what the array code gives to float32 rounding (per-frame sums are accumulated in float32, their
+totals in float64), and :data:`ENABLED` switches them off (the tests compare both paths). The
+formulas and their references are documented where the array code is.
 """
 
 from __future__ import annotations
