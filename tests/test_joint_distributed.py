@@ -163,3 +163,23 @@ def test_distribute_needs_a_client(scan):
     problem, _, _ = _problem(scan)
     with pytest.raises(InvalidInputError, match="Client"):
         distribute(problem, None)
+
+
+@pytest.mark.cluster
+def test_joint_reconstruct_with_a_client_runs_on_tiles(scan, process_cluster):
+    """``joint_reconstruct(client=...)`` evaluates on the workers' tiles and gives the result
+    of the one-process run; ``tiles`` without a client is refused."""
+    from xmulti.joint.solve import joint_reconstruct
+
+    sim, tree, recon, maps, sens = scan
+    here = joint_reconstruct(tree, recon, maps, iterations=3, sensitivity=sens, batch=16)
+    there = joint_reconstruct(tree, recon, maps, iterations=3, client=process_cluster, sensitivity=sens,
+                              batch=16, tiles=(1, 2))
+    assert there.attrs["tiles"] == 2 and "tiles" not in here.attrs
+    moved = _relative(here["thickness"].values, here["thickness_initial"].values)
+    assert moved > 0.02
+    assert _relative(there["thickness"].values, here["thickness"].values) < 1e-3
+    for el in sim.elements:
+        assert _relative(there[el].values, here[el].values) < 1e-3, el
+    with pytest.raises(InvalidInputError, match="client"):
+        joint_reconstruct(tree, recon, maps, iterations=1, sensitivity=sens, tiles=2)

@@ -121,15 +121,6 @@ def split_positions(problem: JointProblem, grid: tuple[int, int]) -> list[TilePa
     return parts
 
 
-def _frame_origin(frames: FrameSource) -> tuple[Any, np.ndarray]:
-    """The frames' counts as given (numpy or lazy Dask) and the detector mask (True = bad).
-
-    FrameSource keeps both only as private attributes (``_data``: the Dask array, or a numpy
-    array's buffer; ``_good`` in the unshifted layout); this is the one place that reads them.
-    """
-    return frames._data, ~np.fft.fftshift(frames._good)
-
-
 def _worker_fft() -> FFT2:
     """FFTs with as many threads as the worker running the task has (they share the cores)."""
     try:
@@ -360,7 +351,7 @@ def distribute(problem: JointProblem, client: Any, tiles: Any = None) -> Distrib
     n = problem.probe.shape[-1]
     grid = tile_grid(tiles, len(workers), problem.positions_px, n)
     parts = split_positions(problem, grid)
-    counts, mask = _frame_origin(problem.frames)
+    counts, mask = problem.frames.counts, problem.frames.mask
     lazy = hasattr(counts, "dask")
     if lazy:
         import dask

@@ -57,10 +57,18 @@ class FrameSource:
         Positions per batch.
     max_bytes : float
         Load everything when the float32 amplitudes take at most this.
+
+    Attributes
+    ----------
+    counts : array-like (M, N, N)
+        The counts as given (numpy or lazy Dask), frame centre at the array centre.
+    mask : ndarray (N, N) bool
+        True marks a bad detector pixel (same layout).
     """
 
     def __init__(self, diffraction: Any, mask: np.ndarray | None = None, batch: int = 64, max_bytes: float = 1e9):
-        data = getattr(diffraction, "data", diffraction)
+        # an xarray's array (lazy or not); a numpy array's own ``.data`` is its raw buffer
+        data = diffraction.data if hasattr(diffraction, "dims") else diffraction
         if len(data.shape) != 3 or data.shape[1] != data.shape[2]:
             raise InvalidInputError(f"diffraction must be (position, N, N) square frames, got {tuple(data.shape)}")
         self.shape = tuple(int(s) for s in data.shape)
@@ -68,13 +76,15 @@ class FrameSource:
         good = np.ones(self.shape[1:], bool) if mask is None else ~np.asarray(mask, bool)
         if good.shape != self.shape[1:]:
             raise InvalidInputError(f"detector mask shape {good.shape} does not match the frames {self.shape[1:]}")
+        self.mask = ~good
+        self.counts = data
         self._good = np.fft.ifftshift(good)
-        self._data = data
         self._loaded = None
         if 4.0 * np.prod(self.shape) <= max_bytes:
-            self._loaded = [self._prepare(s, np.asarray(data[s])) for s in self._slices()]
+            self._loaded = [self._prepare(s, np.asarray(data[s])) for s in self.batches()]
 
-    def _slices(self) -> list[slice]:
+    def batches(self) -> list[slice]:
+        """The positions of each batch, in order (reads nothing)."""
         m = self.shape[0]
         return [slice(i, min(i + self.batch, m)) for i in range(0, m, self.batch)]
 
@@ -92,8 +102,8 @@ class FrameSource:
         if self._loaded is not None:
             yield from self._loaded
             return
-        for sl in self._slices():
-            yield self._prepare(sl, np.asarray(self._data[sl]))
+        for sl in self.batches():
+            yield self._prepare(sl, np.asarray(self.counts[sl]))
 
 
 @dataclass
@@ -194,7 +204,7 @@ class JointProblem:
         illum = np.zeros(self.shape)
         xrf = np.zeros((self.n_elements,) + self.shape)
         w = self.xrf_weight * self.sensitivity[None, :] ** 2 / self.xrf_sigma**2
-        for sl, _, _ in self.frames:
+        for sl in self.frames.batches():  # the probe and positions only: no frame is read
             probes = self.probes(sl)
             count = sl.stop - sl.start
             accumulate_patches(illum, np.broadcast_to((np.abs(probes) ** 2).sum(axis=1), (count, n, n)), self.corners[sl])

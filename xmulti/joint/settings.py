@@ -60,6 +60,11 @@ class JointSettings:
         Positions per batch of the objective.
     max_frame_bytes : float
         Frames up to this size (bytes, as float32) are read once; larger scans batch by batch.
+        In process only: on a cluster each tile reads its own frames once, on its worker.
+    tiles : None, int or (int, int)
+        With a Dask client, the objective is evaluated tile by tile on the workers
+        (:func:`xmulti.joint.distributed.distribute`): None gives one tile per worker, an int
+        that many tiles, a pair the tile grid ``(ny, nx)``. Without a client it must be None.
     """
 
     xrf_weight: float = 1.0
@@ -75,6 +80,7 @@ class JointSettings:
     level: bool = True
     batch: int = 64
     max_frame_bytes: float = 1e9
+    tiles: Any = None
 
     def replace(self, **changes) -> JointSettings:
         """A copy with some settings changed; unknown names raise InvalidInputError."""

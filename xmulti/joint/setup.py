@@ -219,10 +219,10 @@ def build_problem(
     t0 = np.clip(-phase / (k_um * n_eff), 0.0, None)
 
     diffraction = pty["diffraction"].data
-    if client is not None and hasattr(diffraction, "dask") and 4.0 * np.prod(diffraction.shape) <= max_frame_bytes:
-        diffraction = client.compute(diffraction).result()
     mask = np.asarray(pty["mask"].values) if "mask" in pty else None
-    frames = FrameSource(diffraction, mask, batch, max_frame_bytes)
+    # with a client the tiles read their own frames on the workers (xmulti.joint.distributed):
+    # none is loaded here
+    frames = FrameSource(diffraction, mask, batch, 0.0 if client is not None else max_frame_bytes)
     wy, wx, edge = _edge_weights(t0, region, edge_um)
     problem = JointProblem(
         phase.shape, probe, positions_px, frames, omodel, amodel, data, sigma, s, float(xrf_weight),

@@ -169,7 +169,8 @@ def joint_reconstruct(
     iterations : int
         L-BFGS-B iterations.
     client : dask.distributed.Client, optional
-        Where lazy frames and maps are read (the gradient runs in this process).
+        Evaluate the objective tile by tile on its workers (``tiles`` setting; each tile's
+        frames are read once, on its worker; L-BFGS-B runs here). Without it, in this process.
     settings : JointSettings, optional
         How the objective is built: XRF weight, geometry, sensitivity, matrix, ice, noise model,
         smoothing, edges, element phase, levelling, batching (:class:`JointSettings`).
@@ -190,7 +191,16 @@ def joint_reconstruct(
         ``xrf_term``, ``smoothness_term (iteration)``; attrs: energy, geometry, weights, matrix.
     """
     cfg = (settings or JointSettings()).replace(**changes)
+    if client is None and cfg.tiles is not None:
+        raise InvalidInputError("tiles need a Dask client (the objective is evaluated tile by tile on its workers)")
     problem, t0, c0, info = build_problem(scan_tree, recon, maps, elements, client, settings=cfg)
-    t, c, probe, history = solve(problem, t0, c0, iterations, progress, refine_probe)
     attrs = {**cfg.as_attrs(), "iterations": int(iterations), "refine_probe": int(bool(refine_probe))}
-    return result_dataset(t, c, t0, probe, history, problem, info, attrs)
+    if client is None:
+        t, c, probe, history = solve(problem, t0, c0, iterations, progress, refine_probe)
+        return result_dataset(t, c, t0, probe, history, problem, info, attrs)
+    from .distributed import distribute
+
+    with distribute(problem, client, cfg.tiles) as tiled:
+        t, c, probe, history = solve(tiled, t0, c0, iterations, progress, refine_probe)
+        attrs["tiles"] = len(tiled.parts)
+        return result_dataset(t, c, t0, probe, history, tiled, info, attrs)
