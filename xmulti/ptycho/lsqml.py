@@ -194,11 +194,16 @@ class LsqmlAccumulator:
                      fft: FFT2) -> tuple[Any, Any | None]:
         """Pooled steps from the sampled windows in one pass per part (no temporaries)."""
         out = np.zeros(5)
-        for _, chi, patches, probes, corners, frac in samples:
+        shifted = None
+        if d_probe is not None and samples[0][5] is not None:
+            # the probe direction as each sampled window sees it: one batch of shifts for all
+            fracs = np.concatenate([s[5] for s in samples])
+            shifted = shifted_probes(fft.forward(d_probe.copy()), fracs, fft)
+        first = 0
+        for _, chi, patches, probes, corners, _ in samples:
             probes = state.probe if probes is None else probes
-            dp = d_probe
-            if d_probe is not None and frac is not None:
-                dp = shifted_probes(fft.forward(d_probe.copy()), frac, fft)
+            dp = d_probe if shifted is None else shifted[first : first + len(chi)]
+            first += len(chi)
             fused.step_sums(chi, patches, probes, d_obj, corners - self.sums.lo, dp, out)
         a11, a12, a22, b1, b2 = (out[i : i + 1] for i in range(5))
         if d_probe is None:
