@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.fft as sfft
+from floors import fft_floor  # benchmarks/floors.py (a script's own directory is on sys.path)
 
 import xmulti
 from xmulti.joint.setup import build_problem
@@ -40,15 +40,6 @@ from xmulti.ptycho.fft import default_workers
 from xmulti.register import maps_to_phase_grid
 from xmulti.simulate import make_scan
 from xmulti.xrf.quantify import physical_sensitivity
-
-
-def fft_floor(m: int, n: int, workers: int) -> float:
-    """Seconds for forward + inverse FFTs of m complex64 n x n frames (scipy.fft, in place)."""
-    a = np.ones((m, n, n), np.complex64)
-    t = time.perf_counter()
-    a = sfft.fft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, workers=workers)
-    a = sfft.ifft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, workers=workers)
-    return time.perf_counter() - t
 
 
 def nrmse(estimate: np.ndarray, truth: np.ndarray, where: np.ndarray) -> float:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.fft as sfft
+from floors import fft_floor  # benchmarks/floors.py (a script's own directory is on sys.path)
 
 import xmulti
 from xmulti.joint.distributed import distribute
@@ -36,15 +36,6 @@ from xmulti.joint.setup import build_problem
 from xmulti.ptycho.fft import FFT2, default_workers
 from xmulti.simulate import make_scan
 from xmulti.xrf.quantify import physical_sensitivity
-
-
-def fft_floor(m: int, n: int, workers: int) -> float:
-    """Seconds for forward + inverse FFTs of m complex64 n x n frames (scipy.fft, in place)."""
-    a = np.ones((m, n, n), np.complex64)
-    start = time.perf_counter()
-    a = sfft.fft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, workers=workers)
-    a = sfft.ifft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, workers=workers)
-    return time.perf_counter() - start
 
 
 def timed(evaluate, floor_args, repeats: int, floors: list[float]) -> tuple[float, float]:

@@ -27,7 +27,7 @@ import os
 import time
 
 import numpy as np
-import scipy.fft as sfft
+from floors import fft_floor  # benchmarks/floors.py (a script's own directory is on sys.path)
 
 from xmulti.metrics import illumination_weight, phase_error, region_phase_contrast
 from xmulti.ptycho import FFT2, EngineOptions, ReconState, prepare_frames, run_engine
@@ -35,15 +35,6 @@ from xmulti.ptycho.probe import fourier_support, pupil_from_data, scale_probe_po
 from xmulti.ptycho.probe_search import defocused_pupil_probe
 from xmulti.ptycho.reconstruct import illumination_map
 from xmulti.simulate import make_scan
-
-
-def fft_floor(m: int, n: int, workers: int) -> float:
-    """Seconds for forward + inverse FFTs of m complex64 n x n frames (scipy.fft, in place)."""
-    a = np.ones((m, n, n), np.complex64)
-    t = time.perf_counter()
-    a = sfft.fft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, workers=workers)
-    a = sfft.ifft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, workers=workers)
-    return time.perf_counter() - t
 
 
 def reference_scan(n: int = 64, shape=(20, 20), jitter: float = 0.0, position_error: float = 0.0,

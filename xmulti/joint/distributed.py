@@ -246,26 +246,8 @@ class DistributedJointProblem:
         Each tile evaluates its positions' ptychographic and XRF terms on its sub-grid; the
         values and probe gradients are summed, the sub-grid gradients added into the full grid
         (in tile order, so the result does not depend on which tile finishes first), and the
-        regularisers of the full problem added once.
-
-        Parameters
-        ----------
-        t_um : ndarray (H, W)
-            Matrix thickness (um).
-        c_ug_cm2 : ndarray (E, H, W)
-            Element areal densities (ug/cm2).
-        probe : ndarray (K, N, N) complex, optional
-            Probe modes; given, the probe is refined too and its gradient returned.
-
-        Returns
-        -------
-        value : float
-        gradients : dict
-            ``"t"`` (H, W), ``"c"`` (E, H, W); ``"probe"`` ``dL/dP*`` (K, N, N) when ``probe``
-            is given.
-        terms : dict
-            ``ptycho``, ``xrf`` (before the weight ``lambda``) and ``smoothness`` (with the
-            background pin).
+        regularisers of the full problem added once. Parameters and returns as
+        :meth:`JointProblem.evaluate`.
         """
         t_um = np.asarray(t_um, dtype=float)
         c_ug_cm2 = np.asarray(c_ug_cm2, dtype=float)
