@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .run import add_cluster_arguments
+
 
 def register(subparsers) -> None:
     """Add the ``joint`` subcommand."""
@@ -28,6 +30,7 @@ def register(subparsers) -> None:
                         help="beam direction from the sample surface (degrees; default 90)")
     parser.add_argument("--exit-angle", type=float, dest="exit_angle_deg",
                         help="XRF detector direction from the sample surface (degrees; default 15)")
+    add_cluster_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -48,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from ..cluster import dask_client
     from ..errors import InvalidInputError
     from ..io.results import provenance, read_group, write_group
     from ..io.scan import open_scan
     from ..joint.stage import joint_groups
-    from ..options import JointOptions
+    from ..options import ClusterOptions, JointOptions
 
     if args.iterations is not None and args.iterations < 1:
         raise InvalidInputError(f"--iterations must be >= 1, got {args.iterations}")
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         given["elements"] = [e.strip() for e in args.elements.split(",") if e.strip()]
     options = JointOptions(**given)
     options.check()
+    cluster = ClusterOptions(args.scheduler, args.cluster, args.workers)
+    cluster.check()
     scan = args.scan or _recorded_scan(args.store)
     tree = open_scan(scan)
     if "ptychography" not in tree.children:
@@ -70,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    groups = joint_groups(tree, args.store, options, log=log)
+    # bridging one task per worker, the joint objective tile by tile on the workers
+    with dask_client(cluster.scheduler, cluster.profile, cluster.n_workers) as client:
+        log(f"dask: {len(client.scheduler_info()['workers'])} worker(s) at {client.scheduler.address}")
+        groups = joint_groups(tree, args.store, options, client=client, log=log)
     prov = provenance("joint", dataclasses.asdict(options), scan)
     for group, ds in groups.items():
         write_group(args.store, group, ds, provenance=prov)
