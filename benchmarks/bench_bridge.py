@@ -9,6 +9,8 @@ footprint-weighted truth), over the pixels the interpolated map covers (the scan
 - ``struct``: the structure model alone (``bridge_resolution(method="structure", blend=False)``);
 - ``final``: the default, the structure model mixed with RL by held-out prediction (``w``: the
   structure model's weight);
+- ``fp-auto``: the default with ``footprint_power="auto"`` (the footprint power chosen by held-out
+  prediction, :mod:`xmulti.joint.footprint_fit`; ``g``: the power chosen);
 - ``guided`` (with ``--guided``): the pixel-level phase-guided Poisson MAP;
 
 and the ratios final / interp and final / RL. Two input sets: the true probe and phase, and the
@@ -21,8 +23,9 @@ solve of the same element (the deconvolution baseline), both measured in this ru
 model's shared setup (footprint matrix, data-space covariances) is timed once per input set as a
 ratio to one A + A^T application's FFTs (four real FFTs of the padded grid).
 
-Run: ``python benchmarks/bench_bridge.py [--quick] [--iterations N] [--guided]``
-(``--quick``: tiny preset; ``--iterations``: ptychography epochs, default 60).
+Run: ``python benchmarks/bench_bridge.py [--quick] [--seed S] [--iterations N] [--guided]``
+(``--quick``: tiny preset; ``--seed``: of the simulated scan, default 0; ``--iterations``:
+ptychography epochs, default 60).
 """
 
 # ruff: noqa: E402  (BLAS threads are set before numpy is imported)
@@ -91,12 +94,14 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
     print(f"\n{label}: object grid {phase.shape}, {op.n_positions} positions; structure setup {setup:.2f} s = "
           f"{setup / floor:.0f} x one A + A^T ({floor * 1e3:.2f} ms)")
     head = f"{'el':4s} {'interp':>7s} {'RL':>7s} {'struct':>7s} {'final':>7s} {'w':>5s} {'f/interp':>9s} {'f/RL':>6s}"
+    head += f" {'fp-auto':>7s} {'g':>5s} {'a/interp':>9s} {'a/RL':>6s}"
     print(head + (f" {'guided':>7s}" if guided else "") + f" {'time/RL':>8s}")
 
     def on_truth_grid(c: np.ndarray) -> np.ndarray:
         da = xr.DataArray(c, dims=("y", "x"), coords={"y": phase["y"].values, "x": phase["x"].values})
         return da.interp(y=grid["y"].values, x=grid["x"].values).values
 
+    auto = {}
     for el in scan.elements:
         b = maps[el].values.ravel()
         t = time.perf_counter()
@@ -112,6 +117,11 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
         e_f = nrmse(on_truth_grid(final[el].values), truth[el], where)
         line = (f"{el:4s} {e_i:7.3f} {e_rl:7.3f} {e_s:7.3f} {e_f:7.3f} {final[el].attrs['structure_weight']:5.2f} "
                 f"{e_f / e_i:9.2f} {e_f / e_rl:6.2f}")
+        if el not in auto:  # the footprint is chosen with every element: one call for all
+            auto = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=list(scan.elements),
+                                     footprint_power="auto")
+        e_a = nrmse(on_truth_grid(auto[el].values), truth[el], where)
+        line += f" {e_a:7.3f} {auto.attrs['footprint_power']:5.2f} {e_a / e_i:9.2f} {e_a / e_rl:6.2f}"
         if guided:
             g = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el], method="guided")
             line += f" {nrmse(on_truth_grid(g[el].values), truth[el], where):7.3f}"
@@ -121,11 +131,12 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny preset")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated scan")
     parser.add_argument("--iterations", type=int, default=60, help="ptychography epochs")
     parser.add_argument("--guided", action="store_true", help="also the pixel-level guided solve (slow)")
     args = parser.parse_args()
     preset = "tiny" if args.quick else "small"
-    scan = make_scan(preset, seed=0, i0_fluctuation=0.0, dead_time_fraction=0.0)
+    scan = make_scan(preset, seed=args.seed, i0_fluctuation=0.0, dead_time_fraction=0.0)
     ny, nx = scan.config.scan_shape
     y, x = image_axes_um(scan.object.shape, scan.pixel_size_um, scan.origin_um)
     grid = xr.DataArray(np.angle(scan.object), dims=("y", "x"), coords={"y": y, "x": x})
@@ -141,7 +152,7 @@ def main() -> None:
         comp = scan.phantom.composition_ug_cm2[j]
         seen = op.forward(comp)
         truth[el] = comp * float(seen @ scan.line_counts[:, j] / (seen @ seen))
-    print(f"preset {preset}: scan {ny} x {nx}, probe {scan.probe.shape}, pixel {scan.pixel_size_um * 1e3:.1f} nm")
+    print(f"preset {preset}, seed {args.seed}: scan {ny} x {nx}, probe {scan.probe.shape}, pixel {scan.pixel_size_um * 1e3:.1f} nm")
     true_recon = xr.Dataset({"phase": grid, "probe": (("probe_y", "probe_x"), scan.probe)})
     run(scan, "true probe and phase", true_recon, maps, truth, grid, args.guided)
 

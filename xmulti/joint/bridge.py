@@ -162,11 +162,40 @@ def levelled_phase(recon) -> np.ndarray:
     return np.asarray(flat.values, dtype=float)
 
 
-def _solve_structure(basis, counts, op, max_rl_iter: int, blend: bool) -> tuple[np.ndarray, dict]:
+def _element_counts(maps, el: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Finite positions of an element map, its (equivalent) counts there and the counts scale."""
+    values = np.asarray(maps[el].values, dtype=float).ravel()
+    sigma_name = f"{el}_sigma"
+    sigma = np.asarray(maps[sigma_name].values, dtype=float).ravel() if sigma_name in maps else None
+    keep = np.isfinite(values)
+    if keep.sum() < 4:
+        raise InvalidInputError(f"the {el} map has fewer than 4 finite pixels")
+    scale = _counts_scale(values[keep], None if sigma is None else sigma[keep])
+    return keep, np.clip(values[keep] / scale, 0.0, None), scale
+
+
+def _choose_footprint(intensity, frac, features, counts_of: dict, spacing_px):
+    """Footprint power by held-out prediction over the elements measured at every position.
+
+    Returns the power, the structure bases keyed by finite-position mask (the chosen power's),
+    the elements' fits when power 1 is chosen, and the selection's attributes.
+    """
+    from .footprint_fit import select_footprint_power
+
+    full = [el for el, (keep, _, _) in counts_of.items() if keep.all()]
+    if not full:  # every map has gaps: no common positions to compare footprints on
+        return 1.0, {}, {}, {}
+    power, by_power, fits, info = select_footprint_power(intensity, frac, features,
+                                                         [counts_of[el][1] for el in full], spacing_px)
+    key = np.ones(len(frac), dtype=bool).tobytes()
+    return power, {key: by_power[power]}, (dict(zip(full, fits, strict=True)) if power == 1.0 else {}), info
+
+
+def _solve_structure(basis, counts, op, max_rl_iter: int, blend: bool, fit=None) -> tuple[np.ndarray, dict]:
     """Structure model (and its mix with Richardson-Lucy) for one element: map and attributes."""
     from .structure import blend_with_richardson_lucy, structure_solve
 
-    fit = structure_solve(basis, counts)
+    fit = structure_solve(basis, counts) if fit is None else fit
     attrs = {"regularisation_weights_log": [float(v) for v in fit.log_weights], "features": list(basis.names),
              "restricted_log_likelihood": fit.reml, "poisson_deviance": fit.deviance, "structure_weight": 1.0}
     c = fit.c
@@ -191,6 +220,7 @@ def bridge_resolution(
     rule: str = "edf",
     spacing_px: float | None = None,
     blend: bool = True,
+    footprint_power: float | str = 1.0,
 ):
     """Element maps at the ptychographic pixel, from XRF maps and a reconstruction.
 
@@ -224,6 +254,11 @@ def bridge_resolution(
     blend : bool
         Method ``"structure"``: mix with Richardson-Lucy by held-out prediction (False: the
         structure model alone).
+    footprint_power : float or "auto"
+        Footprint ``I^g / sum I^g`` instead of the probe intensity ``I = I^1``
+        (:mod:`xmulti.joint.footprint_fit`: an unconverged reconstruction smears the probe).
+        ``"auto"`` (method ``"structure"`` only): ``g`` chosen by held-out prediction of the
+        counts of all the elements measured at every position.
 
     Returns
     -------
@@ -239,6 +274,12 @@ def bridge_resolution(
     if method not in _METHODS:
         raise InvalidInputError(f"method must be one of {', '.join(_METHODS)}, not {method!r}")
     names = _elements(maps, elements)
+    if isinstance(footprint_power, str):
+        if footprint_power != "auto" or method != "structure":
+            raise InvalidInputError(f"footprint_power must be a positive number or 'auto' (method 'structure'), "
+                                    f"not {footprint_power!r} with method {method!r}")
+    elif not (isinstance(footprint_power, (int, float)) and np.isfinite(footprint_power) and footprint_power > 0):
+        raise InvalidInputError(f"footprint_power must be a positive number or 'auto', not {footprint_power!r}")
     if not isinstance(recon, xr.Dataset) or "phase" not in recon or "probe" not in recon:
         raise InvalidInputError("recon must be a reconstruction Dataset with 'phase' (y, x) and 'probe'")
     phase = recon["phase"]
@@ -262,26 +303,31 @@ def bridge_resolution(
     op_all = forward_operator(intensity, frac, phase.shape)
     guide = phase_guide(np.asarray(phase.values, dtype=float)) if method == "guided" else None
     features = structure_features(levelled_phase(recon)) if method == "structure" else None
+    counts_of = {el: _element_counts(maps, el) for el in names}
     bases: dict[bytes, object] = {}  # one structure basis per set of finite positions
+    fits: dict[str, object] = {}  # structure fits made while choosing the footprint
+    footprint_info: dict = {}
+    if isinstance(footprint_power, str) and footprint_power == "auto":
+        footprint_power, bases, fits, footprint_info = _choose_footprint(intensity, frac, features, counts_of,
+                                                                         spacing_px)
+    power = float(footprint_power)
+    if power != 1.0:
+        from .footprint_fit import powered_intensity
+
+        intensity = powered_intensity(intensity, power)
     data = {}
     for el in names:
-        values = np.asarray(maps[el].values, dtype=float).ravel()
-        sigma_name = f"{el}_sigma"
-        sigma = np.asarray(maps[sigma_name].values, dtype=float).ravel() if sigma_name in maps else None
-        keep = np.isfinite(values)
-        if keep.sum() < 4:
-            raise InvalidInputError(f"the {el} map has fewer than 4 finite pixels")
+        keep, counts, scale = counts_of[el]
         op = forward_operator(intensity, frac[keep], phase.shape)
-        scale = _counts_scale(values[keep], None if sigma is None else sigma[keep])
-        counts = np.clip(values[keep] / scale, 0.0, None)
-        attrs = {**maps[el].attrs, "method": method, "n_measurements": int(counts.size), "counts_scale": scale}
+        attrs = {**maps[el].attrs, "method": method, "n_measurements": int(counts.size), "counts_scale": scale,
+                 "footprint_power": power, **footprint_info}
         if method == "structure":
             from .structure import structure_basis
 
             key = keep.tobytes()
             if key not in bases:
                 bases[key] = structure_basis(intensity, frac[keep], features, spacing_px)
-            c, extra = _solve_structure(bases[key], counts, op, max_rl_iter, blend)
+            c, extra = _solve_structure(bases[key], counts, op, max_rl_iter, blend, fits.get(el))
             attrs.update(extra)
         else:
             if method == "guided":
@@ -303,6 +349,7 @@ def bridge_resolution(
             "regularisation": _regularisation_text(method, gamma, guide, weight, rule, blend),
             "elements": names,
             "probe_modes": int(recon["probe"].shape[0]) if recon["probe"].ndim == 3 else 1,
+            "footprint_power": power,
             "pixel_size_nm": dy * 1e3,
         },
     )

@@ -41,7 +41,7 @@ from .deconvolve import one_blas_thread, richardson_lucy
 from .footprint_op import footprint_matrix, forward_operator, poisson_deviance
 
 __all__ = ["StructureBasis", "StructureFit", "structure_basis", "structure_solve", "blend_with_richardson_lucy",
-           "scan_step_px"]
+           "heldout_prediction", "scan_step_px", "unit_deviance"]
 
 
 @dataclass
@@ -269,7 +269,7 @@ def _structure_solve(basis: StructureBasis, b, passes: int) -> StructureFit:
                         poisson_deviance(b, np.maximum(fitted, tiny)), value, coefficients)
 
 
-def _unit_deviance(b: np.ndarray, m: np.ndarray, floor: float) -> np.ndarray:
+def unit_deviance(b: np.ndarray, m: np.ndarray, floor: float) -> np.ndarray:
     """Per-position Poisson deviance ``2 [b log(b/m) - (b - m)]`` (``m`` floored)."""
     m = np.maximum(m, floor)
     return 2.0 * (np.where(b > 0, b * np.log(np.where(b > 0, b, 1.0) / m), 0.0) - (b - m))
@@ -306,24 +306,56 @@ def blend_with_richardson_lucy(basis: StructureBasis, b: np.ndarray, fit: Struct
         return _blend(basis, b, fit, rl_c, max_rl_iter)
 
 
+def heldout_prediction(basis: StructureBasis, b: np.ndarray, log_weights: np.ndarray,
+                       variance: np.ndarray) -> np.ndarray:
+    """Counts of each position predicted by the structure model fitted without its fold.
+
+    Four interleaved folds of positions (:func:`_folds`); the model keeps the given weights and
+    variances (those of the full fit): the held-out error of the model as chosen (refitting the
+    weights on three quarters of the data adds noise).
+
+    Parameters
+    ----------
+    basis : StructureBasis
+    b : ndarray (P,)
+        Counts (equivalent counts) at the basis' positions.
+    log_weights : ndarray (K,)
+        Log smoothness weights of the fields (:attr:`StructureFit.log_weights`).
+    variance : ndarray (P,)
+        Variance of each count (the full fit's fitted counts, floored at 1).
+
+    Returns
+    -------
+    ndarray (P,)
+        Predicted counts (positions of folds with too few training positions: NaN).
+    """
+    with one_blas_thread():
+        b = np.clip(np.asarray(b, dtype=float), 0.0, None)
+        folds = _folds(basis.positions_px, basis.spacing_px)
+        pred = np.full_like(b, np.nan)
+        for k in np.unique(folds):
+            test = folds == k
+            rows = np.flatnonzero(~test)
+            if rows.size < 8:
+                continue
+            gram = [g[np.ix_(rows, rows)] for g in basis.gram]
+            _, (beta, kir) = _reml(log_weights, gram, basis.fixed[rows], b[rows], variance[rows])
+            cross = [g[np.ix_(np.flatnonzero(test), rows)] for g in basis.gram]
+            pred[test] = basis.fixed[test] @ beta + sum(g @ kir * np.exp(-lw)
+                                                        for g, lw in zip(cross, log_weights, strict=True))
+        return pred
+
+
 def _blend(basis: StructureBasis, b, fit: StructureFit, rl_c, max_rl_iter: int):
     b = np.clip(np.asarray(b, dtype=float), 0.0, None)
     folds = _folds(basis.positions_px, basis.spacing_px)
-    pred_s = np.zeros_like(b)
+    pred_s = np.nan_to_num(heldout_prediction(basis, b, fit.log_weights, np.maximum(fit.fitted, 1.0)))
     pred_r = np.zeros_like(b)
     for k in np.unique(folds):
         test = folds == k
         train = ~test
         if test.sum() == 0 or train.sum() < 8:
             continue
-        rows = np.flatnonzero(train)
-        # the full fit's weights and variances: held-out error of the model as chosen (refitting the
-        # weights on three quarters of the data adds noise that a mix with RL then averages out)
-        log_w = fit.log_weights
-        gram = [g[np.ix_(rows, rows)] for g in basis.gram]
-        _, (beta, kir) = _reml(log_w, gram, basis.fixed[rows], b[rows], np.maximum(fit.fitted[rows], 1.0))
-        cross = [g[np.ix_(np.flatnonzero(test), rows)] for g in basis.gram]
-        pred_s[test] = basis.fixed[test] @ beta + sum(g @ kir * np.exp(-lw) for g, lw in zip(cross, log_w, strict=True))
         op_train = forward_operator(basis.intensity, basis.positions_px[train], basis.shape)
         c_r = richardson_lucy(op_train, b[train], max_iter=max_rl_iter).c
         pred_r[test] = forward_operator(basis.intensity, basis.positions_px[test], basis.shape).forward(c_r)
@@ -341,7 +373,7 @@ def _blend(basis: StructureBasis, b, fit: StructureFit, rl_c, max_rl_iter: int):
     # footprint scale, where a mix with RL often predicts a little better while RL's pixel-scale
     # detail is noise; keep the structure model unless the mix is better by more than one
     # standard error of the per-position deviance difference
-    gain = _unit_deviance(b, pred_s, floor) - _unit_deviance(b, w * pred_s + (1 - w) * pred_r, floor)
+    gain = unit_deviance(b, pred_s, floor) - unit_deviance(b, w * pred_s + (1 - w) * pred_r, floor)
     if gain.mean() <= gain.std(ddof=1) / np.sqrt(gain.size):
         w = 1.0
     info = {"heldout_deviance_structure": held_out(1.0) / b.size, "heldout_deviance_rl": held_out(0.0) / b.size,
