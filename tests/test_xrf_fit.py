@@ -410,3 +410,44 @@ def test_band_product_equals_the_dense_estimator():
     dense = y @ plan.estimator()
     assert np.max(np.abs(out["amplitudes"] - dense) / out["sigma"]) < 1e-3
     np.testing.assert_allclose(out["total_counts"], y.sum(axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["uint32", "float64", "int16", "fortran", "readonly", "big-endian"])
+def test_one_pass_kernel_equals_the_array_code(layout, monkeypatch):
+    """The fused cast + squares pass (numpy) gives the array code's fit, on every input layout,
+    and rejects NaN and negative counts the same way."""
+    from xmulti.xrf import fused
+
+    if not fused.ENABLED:
+        pytest.skip("numba not installed")
+    scan, _, plan = fitted_scan(FLUX_FOR_COUNTS[3000])
+    spectra = {
+        "uint32": scan.spectra.astype(np.uint32),
+        "float64": scan.spectra.astype(np.float64),
+        "int16": scan.spectra.astype(np.int16),
+        "fortran": np.asfortranarray(scan.spectra.astype(np.uint32)),
+        "readonly": scan.spectra.astype(np.uint32),
+        "big-endian": scan.spectra.astype(">u4"),
+    }[layout]
+    spectra.flags.writeable = layout != "readonly"
+    results = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        results[enabled] = unpack(fit_spectra(spectra, plan), plan)
+    for name in ("amplitudes", "nonneg", "sigma", "total_counts"):
+        np.testing.assert_allclose(results[True][name], results[False][name], rtol=1e-5, atol=1e-6)
+    # chi-square: the squares summed in another order (float32), relative to its size
+    np.testing.assert_allclose(results[True]["reduced_chi_square"], results[False]["reduced_chi_square"], rtol=1e-4)
+    monkeypatch.setattr(fused, "ENABLED", True)
+    assert fused.usable(np, spectra) == (layout != "big-endian")  # byte-swapped: the array code
+    if layout in ("float64", "int16"):
+        for enabled in (True, False):
+            monkeypatch.setattr(fused, "ENABLED", enabled)
+            bad = spectra.copy()
+            bad[3, plan.channel_slice.start + 200] = -1
+            with pytest.raises(InvalidInputError, match="NaN or negative"):
+                fit_spectra(bad, plan)
+            if layout == "float64":
+                bad[3, plan.channel_slice.start + 200] = np.nan
+                with pytest.raises(InvalidInputError, match="NaN or negative"):
+                    fit_spectra(bad, plan)

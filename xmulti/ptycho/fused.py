@@ -19,10 +19,8 @@ from typing import Any
 
 import numpy as np
 
-try:  # numba is a dependency; without it (an unusual install) the array code runs
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is installed with xmulti
-    njit = None
+from ..jit import AVAILABLE
+from ..jit import kernel as _jit
 
 __all__ = [
     "ENABLED", "usable", "windows", "fourier", "sums", "divided_step", "ramped", "ramped_sum",
@@ -30,25 +28,12 @@ __all__ = [
 ]
 
 # False forces the array-module code on numpy too
-ENABLED = njit is not None
+ENABLED = AVAILABLE
 
 
 def usable(xp: Any) -> bool:
     """True when the fused kernels apply: numpy arrays and numba available."""
     return ENABLED and xp is np
-
-
-def _jit(func: Any = None, **kw: Any) -> Any:
-    if func is None:
-        return lambda f: _jit(f, **kw)
-    if njit is None:  # pragma: no cover - numba is installed with xmulti
-        return func
-    # numpy error model: a division by zero gives inf/nan instead of raising (and the loops
-    # vectorise); nogil: the engines' threads run the kernels concurrently
-    try:
-        return njit(nogil=True, cache=True, error_model="numpy", **kw)(func)
-    except RuntimeError:  # pragma: no cover - no writable cache directory: compile per process
-        return njit(nogil=True, error_model="numpy", **kw)(func)
 
 
 # The loops run over rows taken as 1-D views: with 2-D/4-D indexing by computed offsets numba

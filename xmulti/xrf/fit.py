@@ -12,6 +12,9 @@ estimate for every pixel whose spectrum has roughly the mean's shape. The weight
 the data enter only through ``b = G^T W y``, one float32 matrix product per chunk of spectra (the
 cost floor), and everything else works in the small component space:
 
+- the counts are read once: on numpy, the cast to float32, the NaN/negative check and the
+  squares of the chi-square are one fused pass over each cache-sized block
+  (:mod:`xmulti.xrf.fused`), which the band products then read from cache;
 - ``a = b N^-1`` with ``N = G^T W G``. Each column of ``G`` is non-zero only over a band of
   channels (a line family with its escape peaks, a scatter peak, one B-spline of the continuum),
   so the product is taken band by band (:func:`channel_bands`): about half the multiply-adds of
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidInputError
+from . import fused
 from .model import SpectralModel
 
 __all__ = ["FitPlan", "prepare_fit", "fit_spectra", "nonnegative", "unpack", "output_names", "channel_bands"]
@@ -328,26 +332,46 @@ def fit_spectra(spectra, plan: FitPlan, xp=np):
     # fresh mmap with page faults).
     buffer = xp.empty((min(n, _BLOCK_ROWS), plan.n_fit), dtype=xp.float32)
     check_sign = spectra.dtype.kind != "u"  # signed integers (e.g. int16 raw files) and floats
+    # the cast, the sign check and the squares in one pass (the squares are of the counts, so
+    # not with SNIP, whose squares are of the counts less the background)
+    one_pass = fused.usable(xp, spectra) and plan.background == "linear"
+    first = plan.channel_slice.start or 0
     for start in range(0, n, _BLOCK_ROWS):
         stop = min(n, start + _BLOCK_ROWS)
         block = buffer[: stop - start]
-        block[...] = spectra[start:stop, plan.channel_slice]  # cast to float32
-        # checked in the cached copy: a second read of the spectra from memory would cost a
-        # quarter of the fit (NaN fails the comparison too)
-        if check_sign and block.size and not bool(block.min() >= 0):
-            raise InvalidInputError("spectra contain NaN or negative counts")
+        if one_pass:
+            if not fused.cast_and_weighted_squares(
+                spectra[start:stop], first, weights, block, weighted_square[start:stop]
+            ):
+                raise InvalidInputError("spectra contain NaN or negative counts")
+        else:
+            block[...] = spectra[start:stop, plan.channel_slice]  # cast to float32
+            # checked in the cached copy: a second read of the spectra from memory would cost a
+            # quarter of the fit (NaN fails the comparison too)
+            if check_sign and block.size and not bool(block.min() >= 0):
+                raise InvalidInputError("spectra contain NaN or negative counts")
         if plan.background == "snip":
             from .snip import snip_background
 
             block -= snip_background(block, plan.snip_width_channels, xp=xp)
         for (lo, hi, _), matrix, band_product in zip(plan.bands, band_matrices, band_products, strict=True):
             xp.matmul(block[:, lo:hi], matrix, out=band_product[start:stop])  # the large product
-        xp.multiply(block, block, out=block)
-        xp.matmul(block, weights, out=weighted_square[start:stop])
-    product = xp.zeros((n, k + 1), dtype=xp.float64)
+        if not one_pass:
+            xp.multiply(block, block, out=block)
+            xp.matmul(block, weights, out=weighted_square[start:stop])
+    # b = sum over bands of each band's product placed in its columns: one small product with a
+    # 0/1 selection matrix per band (fancy-index scatter-adds cost 6x more). Summed in float32,
+    # like the band products themselves, then widened for the component-space steps.
+    product = None
     for (_, _, cols), band_product in zip(plan.bands, band_products, strict=True):
-        product[:, xp.asarray(cols)] += band_product
+        selection = xp.zeros((len(cols), k + 1), dtype=xp.float32)
+        selection[xp.arange(len(cols)), xp.asarray(cols)] = 1.0
+        if product is None:
+            product = band_product @ selection
+        else:
+            product += band_product @ selection
     del band_products
+    product = product.astype(xp.float64)
     b = product[:, :k]
     total = product[:, k]
     if not bool(xp.all(xp.isfinite(total))):
