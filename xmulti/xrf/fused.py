@@ -31,25 +31,31 @@ def usable(xp: Any, spectra: Any) -> bool:
     return ENABLED and xp is np and isinstance(spectra, np.ndarray) and spectra.dtype in _DTYPES
 
 
-# reassociation lets the row sums be vectorised; no "nnan": NaN must stay visible to the check
+# reassociation lets the row sums be vectorised; no "nnan": NaN must stay visible to the check.
+# The sign test counts negatives (a min() with NaN semantics would not vectorise) and runs only
+# where a count can be negative (signed and float dtypes).
 @kernel(fastmath={"reassoc", "contract"})
-def _cast_and_weighted_squares(spectra, first, weights, block, squares):  # pragma: no cover - compiled
+def _cast_and_weighted_squares(spectra, first, weights, block, squares, signed):  # pragma: no cover - compiled
     rows, width = block.shape
-    valid = True
+    invalid = 0
     for i in range(rows):
         source = spectra[i, first : first + width]
         target = block[i]
         total = np.float32(0.0)
-        lowest = np.float32(0.0)
-        for j in range(width):
-            value = np.float32(source[j])
-            target[j] = value
-            total += weights[j] * value * value
-            lowest = min(lowest, value)
+        if signed:
+            for j in range(width):
+                value = np.float32(source[j])
+                target[j] = value
+                total += weights[j] * value * value
+                invalid += value < 0
+        else:
+            for j in range(width):
+                value = np.float32(source[j])
+                target[j] = value
+                total += weights[j] * value * value
         squares[i] = total
-        # a NaN makes the sum NaN (and fails the comparison), a negative count the minimum
-        valid = valid and lowest >= 0 and total == total
-    return valid
+        invalid += total != total  # a NaN count makes its row's sum NaN
+    return invalid == 0
 
 
 def cast_and_weighted_squares(spectra: np.ndarray, first: int, weights: np.ndarray, block: np.ndarray,
@@ -74,4 +80,5 @@ def cast_and_weighted_squares(spectra: np.ndarray, first: int, weights: np.ndarr
     bool
         False when a count is NaN or negative.
     """
-    return bool(_cast_and_weighted_squares(spectra, first, weights, block, squares))
+    signed = spectra.dtype.kind != "u"
+    return bool(_cast_and_weighted_squares(spectra, first, weights, block, squares, signed))
