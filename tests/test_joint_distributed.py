@@ -29,11 +29,11 @@ def scan(tmp_path_factory):
     return sim, tree, recon, maps, sens
 
 
-def _problem(scan, in_memory: bool = False):
+def _problem(scan, in_memory: bool = False, xrf_noise: str = "gaussian"):
     """A fresh full problem (its probe is changed by solve); frames lazy (from the file's graph)
     or in memory (scattered to the workers)."""
     sim, tree, recon, maps, sens = scan
-    problem, t0, c0, _ = build_problem(tree, recon, maps, sensitivity=sens, batch=16)
+    problem, t0, c0, _ = build_problem(tree, recon, maps, sensitivity=sens, batch=16, xrf_noise=xrf_noise)
     if in_memory:
         counts = np.asarray(tree["ptychography"]["diffraction"].values)
         problem.frames = FrameSource(counts, None, batch=16)
@@ -52,9 +52,11 @@ def _perturbed(t0, c0, rng):
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("tiles, in_memory", [(None, False), ((2, 3), True)])
-def test_tiles_give_the_one_process_objective(scan, process_cluster, tiles, in_memory):
-    problem, t0, c0 = _problem(scan, in_memory)
+@pytest.mark.parametrize("tiles, in_memory, xrf_noise", [(None, False, "gaussian"), ((2, 3), True, "poisson")])
+def test_tiles_give_the_one_process_objective(scan, process_cluster, tiles, in_memory, xrf_noise):
+    problem, t0, c0 = _problem(scan, in_memory, xrf_noise)
+    if xrf_noise == "poisson":  # the tiles use the whole scan's count scales, not their own
+        assert np.count_nonzero(problem.xrf_count_scale) >= 3
     sim = scan[0]
     assert problem.smooth_scale is not None and problem.background is not None  # regularisers present
     assert not np.allclose(problem.frac, 0)  # subpixel positions: the tiles shift their probes too

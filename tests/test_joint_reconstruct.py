@@ -88,8 +88,8 @@ def test_transmission_and_absorption_match_the_simulator():
     assert terms["xrf"] < 1e-9 * 0.5 * np.sum(expected**2)
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
-def test_gradients_match_finite_differences(noise):
+@pytest.mark.parametrize("noise, xrf_noise", [("gaussian", "gaussian"), ("poisson", "gaussian"), ("poisson", "poisson")])
+def test_gradients_match_finite_differences(noise, xrf_noise):
     rng = np.random.default_rng(0)
     n, size, n_el = 16, 40, 2
     yy, xx = np.indices((n, n)) - n // 2
@@ -107,8 +107,13 @@ def test_gradients_match_finite_differences(noise):
         (size, size), probe, positions, FrameSource(frames, mask, batch=4), omodel, amodel,
         rng.random((9, n_el)) + 0.5, rng.random((9, n_el)) * 0.1 + 0.05, np.array([2.0, 3.0]), 1.7,
         np.array([0.3, 0.1]), rng.random((size - 1, size)), rng.random((size, size - 1)), background, 5.0,
-        noise, complex_dtype=np.complex128, thickness_smooth_scale=0.7,
+        noise, complex_dtype=np.complex128, thickness_smooth_scale=0.7, xrf_noise=xrf_noise,
+        # element 0 shifted Poisson (values with and without a shift), element 1 Gaussian
+        xrf_count_scale=np.array([150.0, 0.0]) if xrf_noise == "poisson" else None,
     )
+    if xrf_noise == "poisson":
+        shift = problem._xrf_counts[1]
+        assert np.any(shift[:, 0] > 0) and np.any(shift[:, 0] == 0) and np.all(shift[:, 1] == 0)
     t = rng.random((size, size)) * 2
     c = rng.random((n_el, size, size))
     _, grads, _ = problem.evaluate(t, c, probe)
@@ -155,6 +160,41 @@ def test_poisson_term_is_the_deviance():
     nll = np.sum(lam - counts * np.log(lam))
     saturated = np.sum(np.where(counts > 0, counts - counts * np.log(np.where(counts > 0, counts, 1)), 0))
     assert loss > 0 and loss == pytest.approx(nll - saturated, rel=1e-9)
+
+
+def test_shifted_poisson_xrf_term_is_unbiased_at_low_counts():
+    """A few counts per position: the Gaussian term with the fit's data-derived uncertainties
+    (variance from each position's own fitted signal) is a Neyman chi-square and comes out low;
+    the shifted-Poisson term gives the mean. Its count scale is recovered from the data."""
+    from scipy.optimize import minimize_scalar
+
+    from xmulti.joint.model import xrf_batch, xrf_count_scale
+
+    rng = np.random.default_rng(5)
+    kappa, rate, n_pos = 4.0, 6.0, 4000  # counts per map unit; counts per position
+    counts = rng.poisson(rate, n_pos).astype(float)
+    data = (counts / kappa)[:, None]
+    # the XRF fit's variance: Poisson of the pixel's fitted signal, floored by its continuum
+    sigma = (np.sqrt(np.maximum(counts, 0.3)) / kappa)[:, None]
+    footprints = np.full((n_pos, 2, 2), 0.25)
+    scale = xrf_count_scale(data, sigma)
+    assert scale[0] == pytest.approx(kappa, rel=1e-9)  # pure signal: d / sigma^2 = kappa
+
+    def estimate(count_scale):
+        def loss(c):
+            return xrf_batch(np.full((1, n_pos, 2, 2), c), footprints, data, sigma, np.ones(1),
+                             count_scale=count_scale)[0]
+        return minimize_scalar(loss, bounds=(0.1, 10.0), method="bounded", options={"xatol": 1e-8}).x
+
+    truth = rate / kappa
+    assert estimate(scale) == pytest.approx(counts.mean() / kappa, rel=1e-4)  # the Poisson MLE
+    assert abs(estimate(scale) / truth - 1) < 0.03
+    assert estimate(None) / truth < 0.9  # Gaussian: biased low by more than 10 %
+    # with a background share in the variance the shift keeps the fit's variance at the data
+    wide = sigma * 1.5
+    _, _, _, resid = xrf_batch(np.full((1, n_pos, 2, 2), truth), footprints, data, wide, np.ones(1),
+                               count_scale=scale)
+    assert np.all(np.isfinite(resid))
 
 
 def test_thickness_prior_scale_is_the_mean_square_difference():
@@ -271,6 +311,12 @@ def test_bad_input_is_named(thick):
     with pytest.raises(InvalidInputError, match="noise"):
         joint_reconstruct(tree, recon, maps, iterations=0, settings=JointSettings(sensitivity=_sensitivity(sim),
                                                                                   noise="laplace"))
+    with pytest.raises(InvalidInputError, match="xrf_noise"):
+        joint_reconstruct(tree, recon, maps, iterations=0, sensitivity=_sensitivity(sim), xrf_noise="laplace")
+    from xmulti.options import JointOptions
+
+    with pytest.raises(InvalidInputError, match="joint.xrf_noise"):
+        JointOptions(xrf_noise="laplace").check()
 
 
 def test_settings_object_and_keywords_build_the_same_problem(thick):

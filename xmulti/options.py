@@ -169,6 +169,9 @@ class JointOptions:
         Iterations of the joint reconstruction (L-BFGS-B).
     xrf_weight : float
         Weight of the XRF likelihood against the ptychographic one (1: as the noise says).
+    xrf_noise : str
+        Likelihood of the fitted XRF values: ``gaussian`` (the fit's uncertainties) or
+        ``poisson`` (shifted Poisson, unbiased at a few counts per position).
     matrix : str
         Matter that sets the phase: ``protein``, ``ice`` or ``FORMULA:DENSITY``.
     ice_thickness_um : float
@@ -180,6 +183,7 @@ class JointOptions:
     elements: list[str] | None = None
     iterations: int = 40
     xrf_weight: float = 1.0
+    xrf_noise: str = "gaussian"
     matrix: str = "protein"
     ice_thickness_um: float = 0.0
     incident_angle_deg: float = 90.0
@@ -190,6 +194,8 @@ class JointOptions:
             raise InvalidInputError(f"joint.iterations: must be >= 1, got {self.iterations}")
         if not self.xrf_weight >= 0:
             raise InvalidInputError(f"joint.xrf_weight: must be >= 0, got {self.xrf_weight}")
+        if self.xrf_noise not in ("gaussian", "poisson"):
+            raise InvalidInputError(f"joint.xrf_noise: must be 'gaussian' or 'poisson', got {self.xrf_noise!r}")
         if self.ice_thickness_um < 0:
             raise InvalidInputError(f"joint.ice_thickness_um: must be >= 0, got {self.ice_thickness_um}")
         for name in ("incident_angle_deg", "exit_angle_deg"):

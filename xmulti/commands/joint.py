@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--elements", help="comma-separated elements (default: all fitted)")
     parser.add_argument("--iterations", type=int, help="joint reconstruction iterations (default 40)")
     parser.add_argument("--xrf-weight", type=float, dest="xrf_weight", help="weight of the XRF likelihood (default 1)")
+    parser.add_argument("--xrf-noise", choices=("gaussian", "poisson"), dest="xrf_noise",
+                        help="likelihood of the fitted XRF values (default gaussian)")
     parser.add_argument("--matrix", help="matter that sets the phase: protein (default), ice or FORMULA:DENSITY")
     parser.add_argument("--ice-thickness-um", type=float, dest="ice_thickness_um",
                         help="ice layer the sample is embedded in (um; default 0, a dried sample)")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iterations is not None and args.iterations < 1:
         raise InvalidInputError(f"--iterations must be >= 1, got {args.iterations}")
-    given = {k: getattr(args, k) for k in ("iterations", "xrf_weight", "matrix", "ice_thickness_um",
+    given = {k: getattr(args, k) for k in ("iterations", "xrf_weight", "xrf_noise", "matrix", "ice_thickness_um",
                                            "incident_angle_deg", "exit_angle_deg") if getattr(args, k) is not None}
     if args.elements:
         given["elements"] = [e.strip() for e in args.elements.split(",") if e.strip()]

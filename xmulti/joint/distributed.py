@@ -357,6 +357,8 @@ def distribute(problem: JointProblem, client: Any, tiles: Any = None) -> Distrib
             sensitivity=problem.sensitivity,
             xrf_weight=problem.xrf_weight,
             noise=problem.noise,
+            xrf_noise=problem.xrf_noise,
+            xrf_count_scale=problem.xrf_count_scale,  # the whole scan's, not the tile's estimate
             complex_dtype=problem.complex_dtype,
             batch=problem.frames.batch,
         )

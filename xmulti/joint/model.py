@@ -48,6 +48,8 @@ __all__ = [
     "absorption_factors",
     "ptycho_batch",
     "xrf_batch",
+    "xrf_count_scale",
+    "xrf_shifted_counts",
     "xrf_probe_weight",
     "background_plane",
     "smoothness",
@@ -206,10 +208,62 @@ def ptycho_batch(
     return float(loss_px.sum(dtype=np.float64)), grad_windows, grad_psi
 
 
+def xrf_count_scale(data: Any, sigma: Any, min_values: int = 10) -> np.ndarray:
+    """Counts per map unit of each element, ``kappa_i``, from the fitted signal and its uncertainty.
+
+    A value that is all signal has Poisson variance: ``sigma^2 = d / kappa``. The estimate is the
+    median of ``d / sigma^2`` over the values at least 3 sigma above zero (the most
+    signal-dominated; a background share of the variance lowers it, which the shift of
+    :func:`xrf_shifted_counts` then carries). An element with fewer than ``min_values`` such
+    values gets 0: its XRF term stays Gaussian (at that signal level the two agree).
+
+    Parameters
+    ----------
+    data, sigma : ndarray (M, E)
+        Fitted per-position signal and 1-sigma (map units; ``sigma = inf`` for a dropped value).
+
+    Returns
+    -------
+    ndarray (E,) float64
+    """
+    data = np.asarray(data, float)
+    sigma = np.asarray(sigma, float)
+    scale = np.zeros(data.shape[1])
+    for i in range(data.shape[1]):
+        strong = np.isfinite(sigma[:, i]) & (sigma[:, i] > 0) & (data[:, i] > 3 * sigma[:, i])
+        if strong.sum() >= min_values:
+            scale[i] = float(np.median(data[strong, i] / sigma[strong, i] ** 2))
+    return scale
+
+
+def xrf_shifted_counts(data: Any, sigma: Any, count_scale: Any, xp: ModuleType = np) -> tuple[Any, Any]:
+    """Shifted-Poisson form of fitted XRF values: ``D = kappa d + v`` and the shift ``v`` (counts).
+
+    The fitted amplitude of a line is its counts less an estimated background and overlap, so its
+    variance ``sigma^2`` exceeds the Poisson variance of the signal. The shifted-Poisson model
+    (Yavuz & Fessler, Med. Image Anal. 2, 369 (1998), for pre-corrected counts) treats
+    ``kappa d + v`` as Poisson with mean ``kappa m + v``, the shift ``v = max(kappa (kappa sigma^2 -
+    d), 0)`` chosen so that the variance at ``m = d`` is the fit's own ``sigma^2``: the signal's share
+    grows with the model, the background's stays.
+    """
+    kappa = xp.asarray(count_scale, dtype=float)[None, :]
+    shift = xp.maximum(kappa * (kappa * sigma**2 - data), 0.0)
+    shift = xp.where(xp.isfinite(shift), shift, 0.0)
+    return kappa * data + shift, shift
+
+
 def xrf_batch(
-    emitted_windows: Any, footprints: Any, data: Any, sigma: Any, sensitivity: Any, xp: ModuleType = np
-) -> tuple[float, Any, Any]:
-    """Gaussian XRF misfit ``L = 1/2 sum ((m - d)/sigma)^2`` of a batch and its gradient.
+    emitted_windows: Any, footprints: Any, data: Any, sigma: Any, sensitivity: Any, xp: ModuleType = np,
+    count_scale: Any = None, shifted: Any = None, shift: Any = None,
+) -> tuple[float, Any, Any, Any]:
+    """XRF misfit of a batch and its gradient: Gaussian, or shifted Poisson per element.
+
+    Gaussian: ``L = 1/2 sum ((m - d)/sigma)^2``. Shifted Poisson (elements with
+    ``count_scale > 0``, see :func:`xrf_shifted_counts`): ``L = sum M - D - D log(M / D)`` with
+    ``M = kappa m + v``, the negative log-likelihood less that of the saturated model (zero at
+    ``M = D``, the same curvature ``1 / sigma^2`` there as the Gaussian term). Unlike the
+    Gaussian term with the fit's data-derived ``sigma`` (which weights low values up, a
+    Neyman chi-square), it is unbiased at low counts.
 
     Parameters
     ----------
@@ -223,6 +277,10 @@ def xrf_batch(
         Its 1-sigma uncertainty; ``inf`` leaves a value out.
     sensitivity : array (E,)
         Map units per ug/cm2.
+    count_scale : array (E,), optional
+        ``kappa`` (counts per map unit, :func:`xrf_count_scale`); 0 or None: Gaussian.
+    shifted, shift : array (B, E), optional
+        ``D`` and ``v`` of :func:`xrf_shifted_counts` (computed here when not given).
 
     Returns
     -------
@@ -232,13 +290,28 @@ def xrf_batch(
     model : array (B, E)
         Predicted signal.
     resid : array (B, E)
-        ``(m - d) / sigma^2``.
+        ``dL/dm``: ``(m - d) / sigma^2`` for the Gaussian elements.
     """
     s = xp.asarray(sensitivity, dtype=float)
     model = xp.einsum("byx,ebyx->be", footprints, emitted_windows) * s[None, :]
     weight = 1.0 / sigma**2
     resid = (model - data) * weight
-    loss = 0.5 * float(((model - data) ** 2 * weight).sum())
+    losses = 0.5 * (model - data) ** 2 * weight
+    if count_scale is not None and bool(xp.any(xp.asarray(count_scale) > 0)):
+        kappa = xp.asarray(count_scale, dtype=float)
+        if shifted is None or shift is None:
+            shifted, shift = xrf_shifted_counts(data, sigma, kappa, xp)
+        kept = (kappa[None, :] > 0) & xp.isfinite(sigma)
+        # the model is >= 0 (c >= 0); a floor keeps log finite where a value has no shift
+        big = kappa[None, :] * model + shift
+        big = xp.maximum(big, 1e-9 * xp.maximum(shifted, 1.0))
+        ratio = shifted / big
+        # D log(M / D), 0 where D = 0 (the Gaussian columns, kappa = 0)
+        log_term = shifted * xp.log(big / xp.where(shifted > 0, shifted, 1.0))
+        poisson = big - shifted - log_term
+        losses = xp.where(kept, poisson, losses)
+        resid = xp.where(kept, kappa[None, :] * (1.0 - ratio), resid)
+    loss = float(losses.sum())
     grad = (resid * s[None, :]).T[:, :, None, None] * footprints[None]
     return loss, grad, model, resid
 
@@ -247,7 +320,7 @@ def xrf_probe_weight(emitted_windows: Any, model: Any, resid: Any, sensitivity: 
     """``q_j (B, N, N)`` with ``dL_xrf/dP_jk* = q_j P_jk`` (the footprint is ``|P_j|^2 / S_j``).
 
     ``dm_ij/dP_j* = P_j (s_i E_ij - m_ij) / S_j``, so ``q_j = sum_i r_ij (s_i E_ij - m_ij) / S_j``
-    with ``r = (m - d) / sigma^2``, ``E`` the emitted windows (E, B, N, N) and ``S_j = sum |P_j|^2``
+    with ``r = dL/dm`` (``resid`` of :func:`xrf_batch`), ``E`` the emitted windows (E, B, N, N) and ``S_j = sum |P_j|^2``
     (``power``, (B,)).
     """
     s = xp.asarray(sensitivity, dtype=float)

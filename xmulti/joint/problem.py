@@ -28,7 +28,9 @@ from .model import (
     smoothness,
     transmission,
     xrf_batch,
+    xrf_count_scale,
     xrf_probe_weight,
+    xrf_shifted_counts,
 )
 
 __all__ = ["FrameSource", "JointProblem"]
@@ -144,6 +146,13 @@ class JointProblem:
     thickness_smooth_scale : float
         Weight (per um^2) of the edge-weighted smoothness of the thickness, with the same pair
         weights as the element maps (0: none).
+    xrf_noise : {"gaussian", "poisson"}
+        Likelihood of the XRF values (:func:`xmulti.joint.model.xrf_batch`): Gaussian with the
+        fit's uncertainties, or shifted Poisson with the fit's variance at the data.
+    xrf_count_scale : ndarray (E,), optional
+        Counts per map unit of each element for ``xrf_noise="poisson"``; default estimated from
+        ``xrf_data`` and ``xrf_sigma`` (:func:`xmulti.joint.model.xrf_count_scale`; a tile of a
+        distributed problem is given its whole problem's).
     """
 
     shape: tuple[int, int]
@@ -165,6 +174,8 @@ class JointProblem:
     fft: FFT2 = field(default_factory=FFT2)
     complex_dtype: Any = np.complex64
     thickness_smooth_scale: float = 0.0
+    xrf_noise: str = "gaussian"
+    xrf_count_scale: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.probe.shape[-1]
@@ -174,12 +185,24 @@ class JointProblem:
             )
         if self.noise not in ("gaussian", "poisson"):
             raise InvalidInputError(f"unknown noise model {self.noise!r}; use 'gaussian' or 'poisson'")
+        if self.xrf_noise not in ("gaussian", "poisson"):
+            raise InvalidInputError(f"unknown XRF noise model {self.xrf_noise!r}; use 'gaussian' or 'poisson'")
         self.corners, self.frac = window_corners(self.positions_px, n)
         check_windows(self.corners, self.frac, n, self.shape)
         self.probe = np.asarray(self.probe, self.complex_dtype)
         self._spectrum = self.fft.forward(self.probe.copy())
         self.n_elements = self.xrf_data.shape[1]
         self.evaluations = 0
+        self._xrf_counts = None
+        if self.xrf_noise == "poisson":
+            if self.xrf_count_scale is None:
+                self.xrf_count_scale = xrf_count_scale(self.xrf_data, self.xrf_sigma)
+            self.xrf_count_scale = np.asarray(self.xrf_count_scale, float)
+            if self.xrf_count_scale.shape != (self.n_elements,):
+                raise InvalidInputError(
+                    f"xrf_count_scale has shape {self.xrf_count_scale.shape}, expected ({self.n_elements},)"
+                )
+            self._xrf_counts = xrf_shifted_counts(self.xrf_data, self.xrf_sigma, self.xrf_count_scale)
 
     # -- per-batch probes and footprints --------------------------------------------------------
     def probes(self, sl: slice) -> np.ndarray:
@@ -213,6 +236,13 @@ class JointProblem:
         return illum, xrf
 
     # -- objective -----------------------------------------------------------------------------
+    def _xrf_likelihood(self, sl: slice) -> dict:
+        """Keywords of :func:`xrf_batch` for the positions ``sl``: none for the Gaussian term."""
+        if self._xrf_counts is None:
+            return {}
+        shifted, shift = self._xrf_counts
+        return {"count_scale": self.xrf_count_scale, "shifted": shifted[sl], "shift": shift[sl]}
+
     def set_probe(self, probe: np.ndarray) -> None:
         """Replace the probe modes (K, N, N) used by the next evaluations."""
         self.probe = np.asarray(probe, self.complex_dtype).reshape(self.probe.shape)
@@ -286,7 +316,8 @@ class JointProblem:
             accumulate_patches(grad_obj, gw, corners)
             fp = self.footprints(probes, count)
             ew = emit_view[:, corners[:, 0], corners[:, 1]]
-            lx, gx, model, resid = xrf_batch(ew, fp, self.xrf_data[sl], self.xrf_sigma[sl], self.sensitivity)
+            lx, gx, model, resid = xrf_batch(ew, fp, self.xrf_data[sl], self.xrf_sigma[sl], self.sensitivity,
+                                             **self._xrf_likelihood(sl))
             loss_x += lx
             _accumulate_stack(grad_emit, gx, corners)
             if grad_probe is not None:

@@ -36,6 +36,11 @@ class JointSettings:
         Likelihood of the diffraction counts: Poisson (default), or Gaussian on their square
         roots, which is biased below about 10 counts, where most detector pixels of a
         cell's frame are, and pulls the thickness away from the truth (``docs/joint.md``).
+    xrf_noise : {"gaussian", "poisson"}
+        Likelihood of the fitted XRF values: Gaussian with the fit's uncertainties (default), or
+        shifted Poisson (the fit's variance at the data, the signal's share growing with the
+        model; unbiased where the per-position signal is a few counts, where the Gaussian term
+        with data-derived uncertainties is biased low; ``docs/joint.md``).
     smoothing : float
         Weight of the edge-weighted smoothness of the element maps, relative to the XRF data
         curvature and the footprint area (default 2, chosen on simulated cells); 0 turns it off.
@@ -73,6 +78,7 @@ class JointSettings:
     matrix: Any = "protein"
     ice_thickness_um: float = 0.0
     noise: str = "poisson"
+    xrf_noise: str = "gaussian"
     smoothing: float = 2.0
     edge_um: float | None = None
     thickness_smoothing: float = 1.0
@@ -103,6 +109,8 @@ class JointSettings:
                 raise InvalidInputError(f"{name} must be finite and >= 0, got {value}")
         if self.noise not in ("gaussian", "poisson"):
             raise InvalidInputError(f"noise must be 'gaussian' or 'poisson', not {self.noise!r}")
+        if self.xrf_noise not in ("gaussian", "poisson"):
+            raise InvalidInputError(f"xrf_noise must be 'gaussian' or 'poisson', not {self.xrf_noise!r}")
         if int(self.batch) < 1:
             raise InvalidInputError(f"batch must be >= 1, got {self.batch}")
 
@@ -110,4 +118,5 @@ class JointSettings:
         """The scalar settings as result attributes."""
         return {"xrf_weight": float(self.xrf_weight), "smoothing": float(self.smoothing),
                 "thickness_smoothing": float(self.thickness_smoothing), "noise": self.noise,
+                "xrf_noise": self.xrf_noise,
                 "element_phase": int(bool(self.element_phase))}

@@ -226,7 +226,7 @@ def build_problem(
     wy, wx, edge = _edge_weights(t0, region, edge_um)
     problem = JointProblem(
         phase.shape, probe, positions_px, frames, omodel, amodel, data, sigma, s, float(xrf_weight),
-        None, wy, wx, background, 0.0, noise,
+        None, wy, wx, background, 0.0, noise, xrf_noise=cfg.xrf_noise,
     )
     illum_curv, xrf_curv = problem.curvatures()
     if background is not None:

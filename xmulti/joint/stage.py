@@ -143,7 +143,7 @@ def joint_groups(tree, store: str | os.PathLike, options, client=None,
 
     sensitivity = None if quantified else dict.fromkeys(elements, 1.0)
     joint = joint_reconstruct(tree, recon, maps, elements=elements, iterations=options.iterations,
-                              xrf_weight=options.xrf_weight, geometry=geometry, client=client,
+                              xrf_weight=options.xrf_weight, xrf_noise=options.xrf_noise, geometry=geometry, client=client,
                               sensitivity=sensitivity, matrix=options.matrix,
                               ice_thickness_um=options.ice_thickness_um, progress=progress)
     if not quantified:
