@@ -221,6 +221,60 @@ def test_frame_input_errors(problem):
         prepare_frames(p.frames, mask=np.zeros((16, 16), bool))
 
 
+@pytest.mark.parametrize("case", ["uint16 mask saturation", "float32 clipped", "odd frames", "zero and masked frames",
+                                  "big-endian"])
+def test_one_pass_frame_preparation_matches_array_code(monkeypatch, case):
+    """Counts -> amplitudes in one pass per frame (numpy) gives the array code's frames exactly:
+    square roots in the unshifted layout, -1 on masked and saturated pixels, valid counts, usable
+    frames; and the same errors."""
+    from xmulti.ptycho import fused
+
+    if not fused.ENABLED:
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(4)
+    n = 15 if case == "odd frames" else 16
+    counts = rng.poisson(4.0, (9, n, n))
+    mask = np.zeros((n, n), bool)
+    mask[2, 5] = mask[n // 2, n // 2] = True
+    kw = {}
+    if case == "uint16 mask saturation":
+        counts, kw = counts.astype(np.uint16), {"mask": mask, "saturation": 9}
+    elif case == "float32 clipped":
+        counts = (counts - 1.5).astype(np.float32)
+        kw = {"clip_negative": True}
+    elif case == "zero and masked frames":
+        counts[3] = 0
+        kw = {"mask": mask}
+        counts[5] = 0
+        counts[5][mask] = 7  # counts on masked pixels only: not usable
+    elif case == "big-endian":
+        counts = counts.astype(">u4")
+    frames = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        frames[enabled] = prepare_frames(counts, **kw)
+    a, b = frames[True], frames[False]
+    assert np.array_equal(a.amplitude, b.amplitude) and a.amplitude.dtype == np.float32
+    assert a.has_invalid == b.has_invalid and np.array_equal(a.usable, b.usable)
+    np.testing.assert_allclose(a.counts, b.counts, rtol=1e-6)
+    assert a.mean_counts == pytest.approx(b.mean_counts, rel=1e-6)
+    if case == "zero and masked frames":
+        assert not a.usable[3] and not a.usable[5] and a.usable.sum() == 7
+    # centre of the stored frame -> index 0 of the unshifted layout
+    value = float(counts[0, n // 2, n // 2])
+    invalid = "mask" in kw or value >= kw.get("saturation", np.inf)  # the mask covers the centre
+    assert a.amplitude[0, 0, 0] == (-1.0 if invalid else np.float32(np.sqrt(max(value, 0.0))))
+    for enabled in (True, False):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        bad = np.abs(counts.astype(np.float64))
+        bad[6, 1, 2] = -2.0
+        with pytest.raises(InvalidInputError, match="negative.*position index 6"):
+            prepare_frames(bad)
+        bad[4, 0, 1] = np.inf
+        with pytest.raises(InvalidInputError, match="NaN or inf.*position index 4"):
+            prepare_frames(bad)
+
+
 @pytest.mark.parametrize("engine", ["rpie", "lsqml"])
 def test_tile_on_object_subarray_matches_full_array(problem, engine):
     """An engine run on a subset of positions and a sub-array of the object (a tile) gives the

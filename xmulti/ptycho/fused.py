@@ -6,7 +6,8 @@ The array-module code of :mod:`~xmulti.ptycho.batch`, :mod:`~xmulti.ptycho.fouri
 over the data per numpy operation: about 25 passes per position and epoch besides the two FFTs,
 which on a CPU cost as much as the FFTs themselves. These kernels do the same arithmetic in one
 pass each (windows and exit waves; the detector constraint, frame by frame while the frame is
-in cache; the object and probe sums; the subpixel phase ramps; the update steps), compiled once
+in cache; the object and probe sums; the subpixel phase ramps; the update steps; and, once per
+scan or streamed tile, the frames' conversion to amplitudes), compiled once
 (cached on disk) and without the GIL, so the engines' threads run them concurrently. Each gives
 what the array code gives to float32 rounding (per-frame sums are accumulated in float32, their
 totals in float64), and :data:`ENABLED` switches them off (the tests compare both paths). The
@@ -24,7 +25,7 @@ from ..jit import kernel as _jit
 
 __all__ = [
     "ENABLED", "usable", "windows", "fourier", "sums", "divided_step", "ramped", "ramped_sum",
-    "divide", "add_scaled", "momentum", "step_sums",
+    "divide", "add_scaled", "momentum", "step_sums", "prepare",
 ]
 
 # False forces the array-module code on numpy too
@@ -373,3 +374,61 @@ def step_sums(chi: np.ndarray, patches: np.ndarray, probes: np.ndarray, d_obj: n
     q = (np.zeros((1,) + p4.shape[1:], np.complex64) if d_probes is None
          else d_probes[None] if d_probes.ndim == 3 else d_probes)
     _step_sums(chi, patches, p4, d_obj, np.ascontiguousarray(local, np.int64), q, with_probe, out)
+
+
+@_jit
+def _prepare(data, mask, saturation, clip, amplitude, counts, valid_any, nonfinite, negative):  # pragma: no cover
+    m, n, _ = data.shape
+    half = n // 2
+    invalid_total = 0
+    for b in range(m):
+        total = 0.0
+        valid = 0
+        for i in range(n):
+            src = data[b, i]
+            dst = amplitude[b, (i - half) % n]  # ifftshift: input row half goes to row 0
+            mrow = mask[i]
+            for j in range(n):
+                v = np.float32(src[j])
+                if not np.isfinite(v):
+                    nonfinite[b] = True
+                    v = np.float32(0.0)
+                elif v < 0:
+                    negative[b] = True
+                    if clip:
+                        v = np.float32(0.0)
+                jj = (j - half) % n
+                if mrow[j] or v >= saturation:
+                    dst[jj] = np.float32(-1.0)
+                    invalid_total += 1
+                else:
+                    dst[jj] = np.sqrt(v)
+                    total += v
+                    valid += 1
+        counts[b] = total
+        valid_any[b] = valid > 0
+    return invalid_total
+
+
+def prepare(data: np.ndarray, mask: np.ndarray | None, saturation: float | None,
+            clip_negative: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Counts (M, N, N) -> engine amplitudes in one pass per frame.
+
+    ``sqrt(counts)`` in float32 in the unshifted FFT layout, ``-1`` where the mask or
+    ``saturation`` marks a pixel invalid, negative counts set to zero when ``clip_negative``.
+
+    Returns
+    -------
+    amplitude, counts (M,) float64 on the valid pixels, any valid pixel (M,), non-finite (M,),
+    negative (M,) per frame, and whether any pixel is invalid.
+    """
+    m, n, _ = data.shape
+    amplitude = np.empty((m, n, n), np.float32)
+    counts = np.zeros(m)
+    valid_any = np.zeros(m, np.bool_)
+    nonfinite = np.zeros(m, np.bool_)
+    negative = np.zeros(m, np.bool_)
+    mask = np.zeros((n, n), np.bool_) if mask is None else np.ascontiguousarray(mask, np.bool_)
+    level = np.float32(np.inf if saturation is None else saturation)
+    invalid = _prepare(data, mask, level, bool(clip_negative), amplitude, counts, valid_any, nonfinite, negative)
+    return amplitude, counts, valid_any, nonfinite, negative, bool(invalid > 0)
