@@ -7,6 +7,7 @@ footprint-weighted truth), over the pixels the interpolated map covers (the scan
 - ``interp``: the XRF map interpolated onto the phase grid (:func:`interpolate_map`);
 - ``RL``: Richardson-Lucy with the probe intensity, stopped by the discrepancy principle;
 - ``struct``: the structure model alone (``bridge_resolution(method="structure", blend=False)``);
+  ``cmp``: whether the element kept the compartment feature (:func:`xmulti.joint.structure.select_features`);
 - ``final``: the default, the structure model mixed with RL by held-out prediction (``w``: the
   structure model's weight);
 - ``fp-auto``: the default with ``footprint_power="auto"`` (the footprint power chosen by held-out
@@ -23,9 +24,10 @@ solve of the same element (the deconvolution baseline), both measured in this ru
 model's shared setup (footprint matrix, data-space covariances) is timed once per input set as a
 ratio to one A + A^T application's FFTs (four real FFTs of the padded grid).
 
-Run: ``python benchmarks/bench_bridge.py [--quick] [--seed S] [--iterations N] [--guided]``
+Run: ``python benchmarks/bench_bridge.py [--quick] [--seed S] [--iterations N] [--guided] [--no-compartments]``
 (``--quick``: tiny preset; ``--seed``: of the simulated scan, default 0; ``--iterations``:
-ptychography epochs, default 60).
+ptychography epochs, default 60; ``--no-compartments``: the structure model without the
+compartment feature, as before it was added).
 """
 
 # ruff: noqa: E402  (BLAS threads are set before numpy is imported)
@@ -77,7 +79,8 @@ def nrmse(estimate: np.ndarray, truth: np.ndarray, where: np.ndarray) -> float:
     return float(np.sqrt(np.mean((estimate[where] - truth[where]) ** 2) / np.mean(truth[where] ** 2)))
 
 
-def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid, guided: bool) -> None:
+def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid, guided: bool,
+        compartments: bool = True) -> None:
     """Print the table for one (phase, probe) input set; results compared on the truth grid."""
     phase = recon["phase"]
     intensity = probe_intensity(np.asarray(recon["probe"].values))
@@ -93,7 +96,8 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
     setup = time.perf_counter() - t
     print(f"\n{label}: object grid {phase.shape}, {op.n_positions} positions; structure setup {setup:.2f} s = "
           f"{setup / floor:.0f} x one A + A^T ({floor * 1e3:.2f} ms)")
-    head = f"{'el':4s} {'interp':>7s} {'RL':>7s} {'struct':>7s} {'final':>7s} {'w':>5s} {'f/interp':>9s} {'f/RL':>6s}"
+    head = (f"{'el':4s} {'interp':>7s} {'RL':>7s} {'struct':>7s} {'final':>7s} {'w':>5s} {'cmp':>3s} {'f/interp':>9s} "
+            f"{'f/RL':>6s}")
     head += f" {'fp-auto':>7s} {'g':>5s} {'a/interp':>9s} {'a/RL':>6s}"
     print(head + (f" {'guided':>7s}" if guided else "") + f" {'time/RL':>8s}")
 
@@ -107,19 +111,22 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
         t = time.perf_counter()
         rl = richardson_lucy(op, b)
         t_rl = time.perf_counter() - t
-        alone = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el], blend=False)
+        alone = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el], blend=False,
+                                  compartments=compartments)
         t = time.perf_counter()
-        final = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el])
+        final = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el],
+                                  compartments=compartments)
         t_final = time.perf_counter() - t
         e_i = nrmse(interp[el].values, truth[el], where)
         e_rl = nrmse(on_truth_grid(rl.c), truth[el], where)
         e_s = nrmse(on_truth_grid(alone[el].values), truth[el], where)
         e_f = nrmse(on_truth_grid(final[el].values), truth[el], where)
+        kept = "compartment" in final[el].attrs["features"]
         line = (f"{el:4s} {e_i:7.3f} {e_rl:7.3f} {e_s:7.3f} {e_f:7.3f} {final[el].attrs['structure_weight']:5.2f} "
-                f"{e_f / e_i:9.2f} {e_f / e_rl:6.2f}")
+                f"{'yes' if kept else 'no':>3s} {e_f / e_i:9.2f} {e_f / e_rl:6.2f}")
         if el not in auto:  # the footprint is chosen with every element: one call for all
             auto = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=list(scan.elements),
-                                     footprint_power="auto")
+                                     footprint_power="auto", compartments=compartments)
         e_a = nrmse(on_truth_grid(auto[el].values), truth[el], where)
         line += f" {e_a:7.3f} {auto.attrs['footprint_power']:5.2f} {e_a / e_i:9.2f} {e_a / e_rl:6.2f}"
         if guided:
@@ -134,6 +141,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated scan")
     parser.add_argument("--iterations", type=int, default=60, help="ptychography epochs")
     parser.add_argument("--guided", action="store_true", help="also the pixel-level guided solve (slow)")
+    parser.add_argument("--no-compartments", action="store_true", help="without the compartment feature")
     args = parser.parse_args()
     preset = "tiny" if args.quick else "small"
     scan = make_scan(preset, seed=args.seed, i0_fluctuation=0.0, dead_time_fraction=0.0)
@@ -154,7 +162,7 @@ def main() -> None:
         truth[el] = comp * float(seen @ scan.line_counts[:, j] / (seen @ seen))
     print(f"preset {preset}, seed {args.seed}: scan {ny} x {nx}, probe {scan.probe.shape}, pixel {scan.pixel_size_um * 1e3:.1f} nm")
     true_recon = xr.Dataset({"phase": grid, "probe": (("probe_y", "probe_x"), scan.probe)})
-    run(scan, "true probe and phase", true_recon, maps, truth, grid, args.guided)
+    run(scan, "true probe and phase", true_recon, maps, truth, grid, args.guided, not args.no_compartments)
 
     from xmulti import open_scan, reconstruct
 
@@ -163,7 +171,8 @@ def main() -> None:
         t = time.perf_counter()
         recon = reconstruct(open_scan(path), iterations=args.iterations).compute()
         print(f"\nreconstruct: {args.iterations} epochs in {time.perf_counter() - t:.1f} s")
-    run(scan, f"reconstructed probe and phase ({args.iterations} epochs lsqml)", recon, maps, truth, grid, args.guided)
+    run(scan, f"reconstructed probe and phase ({args.iterations} epochs lsqml)", recon, maps, truth, grid, args.guided,
+        not args.no_compartments)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Estimators of ``c`` (``method=``):
 
 - ``"structure"`` (default): ``c = a_m m + a_e e + a_1`` with ``m`` the matter seen by the phase,
   ``e`` its edges and slowly varying coefficient fields whose smoothness the data choose
-  (restricted marginal likelihood), mixed with Richardson-Lucy by held-out prediction
-  (:mod:`xmulti.joint.structure`);
+  (restricted marginal likelihood), plus ``a_c k`` with ``k`` the phase's dense compartments
+  for the elements whose held-out counts it predicts better, mixed with Richardson-Lucy by
+  held-out prediction (:mod:`xmulti.joint.structure`);
 - ``"guided"``: pixel-level Poisson MAP with a directional smoothness guided by the phase
   (:func:`xmulti.joint.deconvolve.guided_solve`);
 - ``"richardson_lucy"``: Richardson-Lucy with the probe intensity
@@ -50,12 +51,17 @@ __all__ = [
     "element_names",
     "bridge_resolution",
     "levelled_phase",
+    "footprint_radius_px",
 ]
 
 
 # ----------------------------------------------------------------------------- labelled ops
 
 _METHODS = ("structure", "guided", "richardson_lucy", "interpolate")
+# features an element may or may not follow, kept per element by held-out prediction
+_OPTIONAL = ("compartment",)
+# disk radius of the compartment top-hat, in footprint radii (90 % of the energy)
+_COMPARTMENT_RADII = 2.0
 
 
 def interpolate_map(maps, phase, elements=None):
@@ -177,27 +183,43 @@ def _element_counts(maps, el: str) -> tuple[np.ndarray, np.ndarray, float]:
 def _choose_footprint(intensity, frac, features, counts_of: dict, spacing_px):
     """Footprint power by held-out prediction over the elements measured at every position.
 
-    Returns the power, the structure bases keyed by finite-position mask (the chosen power's),
-    the elements' fits when power 1 is chosen, and the selection's attributes.
+    Returns the power and the elements' fits when power 1 is chosen (their base-model fits,
+    without the optional compartment feature), and the selection's attributes.
     """
     from .footprint_fit import select_footprint_power
 
     full = [el for el, (keep, _, _) in counts_of.items() if keep.all()]
     if not full:  # every map has gaps: no common positions to compare footprints on
-        return 1.0, {}, {}, {}
-    power, by_power, fits, info = select_footprint_power(intensity, frac, features,
-                                                         [counts_of[el][1] for el in full], spacing_px)
-    key = np.ones(len(frac), dtype=bool).tobytes()
-    return power, {key: by_power[power]}, (dict(zip(full, fits, strict=True)) if power == 1.0 else {}), info
+        return 1.0, {}, {}
+    base = {k: v for k, v in features.items() if k not in _OPTIONAL}
+    power, _, fits, info = select_footprint_power(intensity, frac, base, [counts_of[el][1] for el in full], spacing_px)
+    return power, (dict(zip(full, fits, strict=True)) if power == 1.0 else {}), info
+
+
+def footprint_radius_px(intensity: np.ndarray, fraction: float = 0.9) -> float:
+    """Radius (pixels) about the beam centre ``(N//2, M//2)`` of the disk holding ``fraction`` of
+    the footprint's energy."""
+    i = np.clip(np.asarray(intensity, dtype=float), 0.0, None)
+    n, m = i.shape
+    yy, xx = np.mgrid[0:n, 0:m]
+    r = np.hypot(yy - n // 2, xx - m // 2).ravel()
+    order = np.argsort(r)
+    energy = np.cumsum(i.ravel()[order])
+    if not energy[-1] > 0:
+        raise InvalidInputError("the probe intensity is zero everywhere")
+    return float(r[order][min(int(np.searchsorted(energy, fraction * energy[-1])), r.size - 1)])
 
 
 def _solve_structure(basis, counts, op, max_rl_iter: int, blend: bool, fit=None) -> tuple[np.ndarray, dict]:
-    """Structure model (and its mix with Richardson-Lucy) for one element: map and attributes."""
-    from .structure import blend_with_richardson_lucy, structure_solve
+    """Structure model (and its mix with Richardson-Lucy) for one element: map and attributes.
 
-    fit = structure_solve(basis, counts) if fit is None else fit
+    ``fit``: the base model's fit (without the optional features), if already made."""
+    from .structure import blend_with_richardson_lucy, select_features
+
+    basis, fit, chosen = select_features(basis, counts, _OPTIONAL, fit)
     attrs = {"regularisation_weights_log": [float(v) for v in fit.log_weights], "features": list(basis.names),
-             "restricted_log_likelihood": fit.reml, "poisson_deviance": fit.deviance, "structure_weight": 1.0}
+             "restricted_log_likelihood": fit.reml, "poisson_deviance": fit.deviance, "structure_weight": 1.0,
+             **chosen}
     c = fit.c
     if blend:
         rl = richardson_lucy(op, counts, max_iter=max_rl_iter)
@@ -221,6 +243,7 @@ def bridge_resolution(
     spacing_px: float | None = None,
     blend: bool = True,
     footprint_power: float | str = 1.0,
+    compartments: bool = True,
 ):
     """Element maps at the ptychographic pixel, from XRF maps and a reconstruction.
 
@@ -259,6 +282,11 @@ def bridge_resolution(
         (:mod:`xmulti.joint.footprint_fit`: an unconverged reconstruction smears the probe).
         ``"auto"`` (method ``"structure"`` only): ``g`` chosen by held-out prediction of the
         counts of all the elements measured at every position.
+    compartments : bool
+        Method ``"structure"``: also offer each element the compartment feature (white
+        top-hat of the smoothed matter with a disk of twice the footprint's 90 %-energy
+        radius, :func:`xmulti.joint.guide.compartment_feature`), kept for the elements whose
+        held-out counts it predicts better (:func:`xmulti.joint.structure.select_features`).
 
     Returns
     -------
@@ -302,14 +330,16 @@ def bridge_resolution(
     frac = (pos_um - origin) / np.array([dy, dx])
     op_all = forward_operator(intensity, frac, phase.shape)
     guide = phase_guide(np.asarray(phase.values, dtype=float)) if method == "guided" else None
-    features = structure_features(levelled_phase(recon)) if method == "structure" else None
+    features = None
+    if method == "structure":
+        radius = _COMPARTMENT_RADII * footprint_radius_px(intensity) if compartments else None
+        features = structure_features(levelled_phase(recon), compartment_radius_px=radius)
     counts_of = {el: _element_counts(maps, el) for el in names}
     bases: dict[bytes, object] = {}  # one structure basis per set of finite positions
-    fits: dict[str, object] = {}  # structure fits made while choosing the footprint
+    fits: dict[str, object] = {}  # base-model fits made while choosing the footprint
     footprint_info: dict = {}
     if isinstance(footprint_power, str) and footprint_power == "auto":
-        footprint_power, bases, fits, footprint_info = _choose_footprint(intensity, frac, features, counts_of,
-                                                                         spacing_px)
+        footprint_power, fits, footprint_info = _choose_footprint(intensity, frac, features, counts_of, spacing_px)
     power = float(footprint_power)
     if power != 1.0:
         from .footprint_fit import powered_intensity
@@ -357,7 +387,8 @@ def bridge_resolution(
 
 def _regularisation_text(method: str, gamma: float, guide, weight, rule: str, blend: bool) -> str:
     if method == "structure":
-        return ("c = a_m * matter + a_e * edges + a_1 from the levelled phase, coefficient fields with thin-plate "
+        return ("c = a_m * matter + a_e * edges + a_1 (+ a_c * compartments where held-out prediction keeps it) from "
+                "the levelled phase, coefficient fields with thin-plate "
                 "smoothness weighted by restricted marginal likelihood (Gaussian approximation of the Poisson "
                 "counts)" + ("; mixed with Richardson-Lucy by held-out prediction (4 interleaved folds)" if blend else ""))
     if method == "guided":
