@@ -108,22 +108,9 @@ def prepare_frames(
     if fused.usable(np) and data.dtype in _FUSED_DTYPES:
         return _prepare_fused(data, mask, saturation, clip_negative, xp)
     data = data.astype(np.float32, copy=False)
-    finite = np.isfinite(data).all(axis=(1, 2))
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise InvalidInputError(
-            f"diffraction frames contain NaN or inf values in {bad.size} frame(s), first at "
-            f"position index {int(bad[0])}"
-        )
     negative = (data < 0).any(axis=(1, 2))
+    _check_values(~np.isfinite(data).all(axis=(1, 2)), negative, clip_negative, data)
     if negative.any():
-        if not clip_negative:
-            bad = np.flatnonzero(negative)
-            raise InvalidInputError(
-                f"diffraction frames contain negative counts in {bad.size} frame(s), first at "
-                f"position index {int(bad[0])} (min {float(data.min()):g}); pass "
-                f"clip_negative=True to set them to zero"
-            )
         data = np.clip(data, 0, None)
     n = data.shape[1]
     invalid = np.zeros(data.shape, bool) if (mask is not None or saturation is not None) else None
@@ -169,19 +156,7 @@ def _prepare_fused(data: np.ndarray, mask, saturation, clip_negative: bool, xp: 
     amplitude, counts, has_valid, nonfinite, negative, has_invalid = fused.prepare(
         data, None if mask is None else np.asarray(mask), saturation, clip_negative
     )
-    if nonfinite.any():
-        bad = np.flatnonzero(nonfinite)
-        raise InvalidInputError(
-            f"diffraction frames contain NaN or inf values in {bad.size} frame(s), first at "
-            f"position index {int(bad[0])}"
-        )
-    if negative.any() and not clip_negative:
-        bad = np.flatnonzero(negative)
-        raise InvalidInputError(
-            f"diffraction frames contain negative counts in {bad.size} frame(s), first at "
-            f"position index {int(bad[0])} (min {float(data.min()):g}); pass "
-            f"clip_negative=True to set them to zero"
-        )
+    _check_values(nonfinite, negative, clip_negative, data)
     usable = (counts > 0) & has_valid
     if not usable.any():
         raise InvalidInputError("no usable diffraction frame: every frame is all zero (or fully masked)")
@@ -192,3 +167,20 @@ def _prepare_fused(data: np.ndarray, mask, saturation, clip_negative: bool, xp: 
         mean_counts=float(counts[usable].mean()),
         counts=counts,
     )
+
+
+def _check_values(nonfinite: np.ndarray, negative: np.ndarray, clip_negative: bool, data: np.ndarray) -> None:
+    """Raise on frames with NaN/inf values, or negative counts unless they are to be clipped."""
+    if nonfinite.any():
+        bad = np.flatnonzero(nonfinite)
+        raise InvalidInputError(
+            f"diffraction frames contain NaN or inf values in {bad.size} frame(s), first at "
+            f"position index {int(bad[0])}"
+        )
+    if negative.any() and not clip_negative:
+        bad = np.flatnonzero(negative)
+        raise InvalidInputError(
+            f"diffraction frames contain negative counts in {bad.size} frame(s), first at "
+            f"position index {int(bad[0])} (min {float(np.nanmin(data)):g}); pass "
+            f"clip_negative=True to set them to zero"
+        )
