@@ -356,7 +356,7 @@ def bridge_resolution(
 
             key = keep.tobytes()
             if key not in bases:
-                bases[key] = structure_basis(intensity, frac[keep], features, spacing_px)
+                bases[key] = structure_basis(intensity, frac[keep], features, spacing_px, zero_mean=_OPTIONAL)
             c, extra = _solve_structure(bases[key], counts, op, max_rl_iter, blend, fits.get(el))
             attrs.update(extra)
         else:
