@@ -218,6 +218,8 @@ def test_compartment_kept_only_for_an_element_enriched_in_it():
             assert info["compartment_coefficient_mean"] > 0 and err < 0.95 * err_plain, (err, err_plain)
         else:
             np.testing.assert_allclose(fit.c, plain.c)
+    with pytest.raises(InvalidInputError, match="zero_mean"):  # REML values with different fixed effects
+        select_features(structure_basis(intensity, positions[:60], features), counts[:60])
 
 
 def test_fit_xrf_maps_in_counts_per_i0(scene):

@@ -21,6 +21,14 @@ costs a few hundred ``P^3 / 3`` Cholesky factorisations, not an iteration over t
 They run on one BLAS thread: at these sizes threads gain little, and on a loaded 2-core machine
 a multi-threaded OpenBLAS made a solve 8x slower (measured: 17 s against 2 s).
 
+Compartments (optional features, :func:`select_features`): the phase may show a compartment
+(a nucleus) only as a small thickness step, which ``a_m m`` with a coefficient smooth at the
+scan step cannot turn into the sharp step of an element enriched there. The compartment map of
+:func:`xmulti.joint.guide.compartment_feature` is offered as a fourth feature whose coefficient
+has a proper zero-mean prior (no flat trend), so the models with and without it have the same
+fixed effects and their restricted likelihoods compare; it is kept for an element when the
+gain passes a likelihood-ratio test and the element is enriched in it.
+
 Fallback: structure the phase does not show (granules far below the footprint) is better
 served by Richardson-Lucy's positivity. :func:`blend_with_richardson_lucy` predicts held-out
 positions (four interleaved folds) with both estimates and mixes them with the weight that
@@ -502,6 +510,10 @@ def select_features(basis: StructureBasis, b: np.ndarray, optional: tuple[str, .
     with one_blas_thread():
         b = np.clip(np.asarray(b, dtype=float), 0.0, None)
         extra = [n for n in basis.names if n in optional]
+        zero = basis.zero_mean or [False] * len(basis.names)
+        if not all(zero[basis.names.index(n)] for n in extra):
+            raise InvalidInputError(f"the optional features {', '.join(extra)} must be zero_mean in the structure "
+                                    "basis (structure_basis(..., zero_mean=...)) for their likelihoods to compare")
         base = subset_basis(basis, [n for n in basis.names if n not in optional]) if extra else basis
         fit0 = _structure_solve(base, b, 2) if base_fit is None else base_fit
         if not extra:
