@@ -186,8 +186,8 @@ def test_compartment_feature_isolates_a_dense_nucleus():
 def test_compartment_kept_only_for_an_element_enriched_in_it():
     """An element that is the matter does not keep the compartment feature (its map is the base
     model's); one that is half matter and half nucleus (like the simulator's P) keeps it, and its
-    map gets closer to the truth than the base model's (measured: 0.093 against 0.102 NRMSE)."""
-    from xmulti.joint.bridge import footprint_radius_px
+    map gets closer to the truth than the base model's (measured: 0.094 against 0.102 NRMSE)."""
+    from xmulti.joint.bridge import _COMPARTMENT_RADII, footprint_radius_px
     from xmulti.joint.guide import structure_features
     from xmulti.joint.structure import (
         select_features,
@@ -201,7 +201,7 @@ def test_compartment_kept_only_for_an_element_enriched_in_it():
     intensity = probe_intensity(np.exp(-((np.mgrid[0:25, 0:25] - 12.0) ** 2).sum(0) / (2 * 4.0**2)))
     grid = np.stack(np.meshgrid(np.arange(4.0, 68.0, 3.0), np.arange(4.0, 72.0, 3.0), indexing="ij"), -1)
     positions = grid.reshape(-1, 2) + rng.normal(0, 0.2, (grid.size // 2, 2))
-    features = structure_features(-0.3 * matter, compartment_radius_px=2 * footprint_radius_px(intensity))
+    features = structure_features(-0.3 * matter, compartment_radius_px=_COMPARTMENT_RADII * footprint_radius_px(intensity))
     basis = structure_basis(intensity, positions, features, zero_mean=("compartment",))
     base = subset_basis(basis, ["matter", "edge", "uniform"])
     assert basis.fixed.shape[1] == base.fixed.shape[1] == 9  # no trend for the zero-mean feature
