@@ -61,9 +61,12 @@ _METHODS = ("structure", "guided", "richardson_lucy", "interpolate")
 # features an element may or may not follow, kept per element by held-out prediction
 _OPTIONAL = ("compartment",)
 # disk radius of the compartment top-hat, in footprint radii (90 % of the energy): the disk must
-# hold a compartment whole (nuclei about as wide as the footprint) but not a whole cell's top;
-# calibrated on the small simulation (seeds 0-3: 1.5-2.25 all gain, 1.75 is the most even)
-_COMPARTMENT_RADII = 1.75
+# hold a compartment whole (nuclei about as wide as the footprint) but not a cell's interior.
+# Calibrated on the simulator: on the small preset (seeds 0-3) 1.5-2.25 all improve P and Cu
+# (1.75 the most evenly); on the tiny preset, whose cells are barely wider than the footprint,
+# 1.5-1.75 give a disk that holds a cell's interior, kept for P and worse (0.58 against 0.46 of
+# interpolation), while at 2 the feature is the whole cell, brings no gain and is dropped
+_COMPARTMENT_RADII = 2.0
 
 
 def interpolate_map(maps, phase, elements=None):
@@ -286,7 +289,7 @@ def bridge_resolution(
         counts of all the elements measured at every position.
     compartments : bool
         Method ``"structure"``: also offer each element the compartment feature (white
-        top-hat of the smoothed matter with a disk of 1.75 times the footprint's 90 %-energy
+        top-hat of the smoothed matter with a disk of twice the footprint's 90 %-energy
         radius, :func:`xmulti.joint.guide.compartment_feature`), kept for the elements enriched
         in it whose restricted likelihood it raises significantly
         (:func:`xmulti.joint.structure.select_features`).
