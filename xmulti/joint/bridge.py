@@ -10,8 +10,9 @@ Estimators of ``c`` (``method=``):
 - ``"structure"`` (default): ``c = a_m m + a_e e + a_1`` with ``m`` the matter seen by the phase,
   ``e`` its edges and slowly varying coefficient fields whose smoothness the data choose
   (restricted marginal likelihood), plus ``a_c k`` with ``k`` the phase's dense compartments
-  for the elements whose held-out counts it predicts better, mixed with Richardson-Lucy by
-  held-out prediction (:mod:`xmulti.joint.structure`);
+  for the elements enriched in them (a likelihood-ratio test of the restricted likelihood and
+  the sign of ``a_c``), mixed with Richardson-Lucy by held-out prediction
+  (:mod:`xmulti.joint.structure`);
 - ``"guided"``: pixel-level Poisson MAP with a directional smoothness guided by the phase
   (:func:`xmulti.joint.deconvolve.guided_solve`);
 - ``"richardson_lucy"``: Richardson-Lucy with the probe intensity
@@ -58,7 +59,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- labelled ops
 
 _METHODS = ("structure", "guided", "richardson_lucy", "interpolate")
-# features an element may or may not follow, kept per element by held-out prediction
+# features an element may or may not follow, kept per element (structure.select_features)
 _OPTIONAL = ("compartment",)
 # disk radius of the compartment top-hat, in footprint radii (90 % of the energy): the disk must
 # hold a compartment whole (nuclei about as wide as the footprint) but not a cell's interior.
@@ -393,7 +394,7 @@ def bridge_resolution(
 
 def _regularisation_text(method: str, gamma: float, guide, weight, rule: str, blend: bool) -> str:
     if method == "structure":
-        return ("c = a_m * matter + a_e * edges + a_1 (+ a_c * compartments where held-out prediction keeps it) from "
+        return ("c = a_m * matter + a_e * edges + a_1 (+ a_c * compartments for the elements enriched in them) from "
                 "the levelled phase, coefficient fields with thin-plate "
                 "smoothness weighted by restricted marginal likelihood (Gaussian approximation of the Poisson "
                 "counts)" + ("; mixed with Richardson-Lucy by held-out prediction (4 interleaved folds)" if blend else ""))
