@@ -44,3 +44,27 @@ def test_local_client_workers_are_tuned():
 
     with dask_client(n_workers=1) as client:
         assert client.submit(_page_faults_per_cycle, pure=False).result() < 1
+
+
+@pytest.mark.cluster
+def test_xmulti_tunes_a_client_made_elsewhere(tmp_path, monkeypatch):
+    """A Client the user made (not through xmulti) gets tuned workers as soon as an xmulti
+    computation runs on it, once per client."""
+    from dask.distributed import Client, LocalCluster
+
+    import xmulti
+    from xmulti.worker_memory import _TUNED_CLIENTS, tune_active_client
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        assert client.submit(_page_faults_per_cycle, pure=False).result() >= 30  # Dask's default
+        tree = xmulti.open_scan(xmulti.simulate_scan(tmp_path / "scan.h5", preset="tiny", seed=0))
+        xmulti.fit_xrf(tree, ["Fe", "Zn"])  # finds the active client
+        assert client.id in _TUNED_CLIENTS
+        assert client.submit(_page_faults_per_cycle, pure=False).result() < 1
+        calls = []
+        monkeypatch.setattr(client, "register_plugin", lambda plugin: calls.append(plugin))
+        tune_active_client(client)  # again: no second round trip to the scheduler
+        xmulti.fit_xrf(tree, ["Fe", "Zn"])
+        assert calls == []
+    tune_active_client()  # no client active: nothing to do, no error

@@ -327,6 +327,9 @@ def distribute(problem: JointProblem, client: Any, tiles: Any = None) -> Distrib
         raise InvalidInputError("distribute needs a dask.distributed Client")
     if not isinstance(problem, JointProblem):
         raise InvalidInputError(f"distribute needs a JointProblem, got {type(problem).__name__}")
+    from ..worker_memory import tune_workers
+
+    tune_workers(client)  # a client made elsewhere: its workers' allocator settings
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
         raise InvalidInputError("the Dask cluster has no workers")

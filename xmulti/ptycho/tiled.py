@@ -109,6 +109,7 @@ def reconstruct_tiled(
     import dask.array as da
 
     from ..cluster import dask_client
+    from ..worker_memory import tune_active_client
     from .reconstruct import object_setup, scan_positions_um
 
     if len(tiles) != 2 or min(tiles) < 1:
@@ -125,6 +126,7 @@ def reconstruct_tiled(
 
     owned = client is None
     with dask_client() if owned else contextlib.nullcontext(client) as active:
+        tune_active_client(active)  # a client made elsewhere: its workers' allocator settings
         counts = _valid_counts(diffraction, mask, saturation)
         # one pass on the workers: per-frame totals and the summed pattern (all-zero frames add
         # nothing, so the sum over the usable count is the single-process mean pattern)

@@ -239,8 +239,10 @@ def fit_xrf(
     """
     import xarray as xr
 
+    from ..worker_memory import tune_active_client
     from .fit import output_names
 
+    tune_active_client()  # the chunks run on the active distributed client, if any: tune its workers
     ds, e0, scan_shape, source = _resolve(scan, incident_energy_keV)
     options = dict(
         incident_energy_keV=e0,
