@@ -220,7 +220,8 @@ def _solve_structure(basis, counts, op, max_rl_iter: int, blend: bool, fit=None)
     """Structure model (and its mix with Richardson-Lucy) for one element: map and attributes.
 
     ``fit``: the base model's fit (without the optional features), if already made."""
-    from .structure import blend_with_richardson_lucy, select_features
+    from .heldout import blend_with_richardson_lucy
+    from .structure import select_features
 
     basis, fit, chosen = select_features(basis, counts, _OPTIONAL, fit)
     attrs = {"regularisation_weights_log": [float(v) for v in fit.log_weights], "features": list(basis.names),

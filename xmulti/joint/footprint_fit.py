@@ -11,7 +11,7 @@ beam centre, the support and the ring positions; ``g = 1`` is the probe as recon
 
 Choice: the XRF counts see the footprint directly, so ``g`` is the value whose structure model
 best predicts positions it was not fitted to (the four interleaved folds of
-:func:`xmulti.joint.structure.heldout_prediction`; cross-validation: M. Stone, J. R. Stat. Soc.
+:func:`xmulti.joint.heldout.heldout_prediction`; cross-validation: M. Stone, J. R. Stat. Soc.
 B 36, 111 (1974)), the Poisson deviance summed over the elements (they share one probe). Each
 element keeps the smoothness weights of its fit at ``g = 1`` (a fair comparison of footprints,
 and a bias towards the probe as reconstructed). The search walks the ladder from ``g = 1``
@@ -23,14 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError
-from .structure import (
-    StructureBasis,
-    StructureFit,
-    heldout_prediction,
-    structure_basis,
-    structure_solve,
-    unit_deviance,
-)
+from .heldout import heldout_prediction, unit_deviance
+from .structure import StructureBasis, StructureFit, structure_basis, structure_solve
 
 __all__ = ["powered_intensity", "select_footprint_power"]
 
