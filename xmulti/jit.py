@@ -14,7 +14,14 @@ try:  # numba is a dependency; without it (an unusual install) the array code ru
 except ImportError:  # pragma: no cover - numba is installed with xmulti
     njit = None
 
-__all__ = ["AVAILABLE", "kernel"]
+import numpy as np
+
+__all__ = ["AVAILABLE", "KERNEL_DTYPES", "kernel"]
+
+#: real dtypes (native byte order) the fused kernels are compiled for; others take the array code
+KERNEL_DTYPES = frozenset(np.dtype(t) for t in (
+    np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64, np.float32, np.float64
+))
 
 #: numba could be imported.
 AVAILABLE = njit is not None

@@ -16,14 +16,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..jit import KERNEL_DTYPES
 from . import fused
 
 __all__ = ["Frames", "prepare_frames"]
 
-#: native dtypes of the one-pass conversion (others, e.g. big-endian counts, take the array code)
-_FUSED_DTYPES = frozenset(np.dtype(t) for t in (
-    np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64, np.float32, np.float64
-))
 
 
 @dataclass
@@ -105,7 +102,7 @@ def prepare_frames(
         )
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         raise InvalidInputError(f"diffraction frames must be real counts, got dtype {data.dtype}")
-    if fused.usable(np) and data.dtype in _FUSED_DTYPES:
+    if fused.usable(np) and data.dtype in KERNEL_DTYPES:
         return _prepare_fused(data, mask, saturation, clip_negative, xp)
     data = data.astype(np.float32, copy=False)
     negative = (data < 0).any(axis=(1, 2))

@@ -12,14 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..jit import AVAILABLE, kernel
+from ..jit import AVAILABLE, KERNEL_DTYPES, kernel
 
 __all__ = ["ENABLED", "usable", "cast_and_weighted_squares"]
 
-#: dtypes the kernel is compiled for (native byte order; others take the array code)
-_DTYPES = frozenset(np.dtype(t) for t in (
-    np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64, np.float32, np.float64
-))
 
 # False forces the array-module code on numpy too
 ENABLED = AVAILABLE
@@ -28,7 +24,7 @@ ENABLED = AVAILABLE
 def usable(xp: Any, spectra: Any) -> bool:
     """True when the fused kernel applies: numpy arrays of a native numeric dtype, numba available
     (big-endian counts, as MDA files hold them, take the array code)."""
-    return ENABLED and xp is np and isinstance(spectra, np.ndarray) and spectra.dtype in _DTYPES
+    return ENABLED and xp is np and isinstance(spectra, np.ndarray) and spectra.dtype in KERNEL_DTYPES
 
 
 # reassociation lets the row sums be vectorised; no "nnan": NaN must stay visible to the check.
