@@ -6,23 +6,25 @@ footprint-weighted truth), over the pixels the interpolated map covers (the scan
 
 - ``interp``: the XRF map interpolated onto the phase grid (:func:`interpolate_map`);
 - ``RL``: Richardson-Lucy with the probe intensity, stopped by the discrepancy principle;
-- ``struct``: the structure model alone (``bridge_resolution(method="structure", blend=False)``);
-  ``cmp``: whether the element kept the compartment feature (:func:`xmulti.joint.structure.select_features`);
-- ``final``: the default, the structure model mixed with RL by held-out prediction (``w``: the
-  structure model's weight);
-- ``fp-auto``: the default with ``footprint_power="auto"`` (the footprint power chosen by held-out
-  prediction, :mod:`xmulti.joint.footprint_fit`; ``g``: the power chosen);
+- ``struct``: the structure model alone with the probe intensity as reconstructed
+  (``bridge_resolution(method="structure", blend=False, footprint_power=1)``);
+- ``g=1``: that model mixed with RL by held-out prediction (as the default was before session 6);
+- ``default``: ``bridge_resolution`` as it is called by default (one call for all the elements:
+  the footprint power ``g`` chosen by held-out prediction of every element's counts,
+  :mod:`xmulti.joint.footprint_fit`; then per element the structure model, the compartment
+  feature where kept (``cmp``), the mix with RL (``w``: the structure model's weight));
 - ``guided`` (with ``--guided``): the pixel-level phase-guided Poisson MAP;
 
-and the ratios final / interp and final / RL. Two input sets: the true probe and phase, and the
+and the ratios default / interp and default / RL. Two input sets: the true probe and phase, and the
 probe and phase of an :func:`xmulti.reconstruct` run on the same scan (its result is
 interpolated onto the truth grid for the comparison). Maps: Poisson draws of the simulator's
 expected counts (no beam fluctuation or dead time, so the maps are counts).
 
-Speed: time per element of the default method as a ratio to the time of one Richardson-Lucy
-solve of the same element (the deconvolution baseline), both measured in this run; the structure
-model's shared setup (footprint matrix, data-space covariances) is timed once per input set as a
-ratio to one A + A^T application's FFTs (four real FFTs of the padded grid).
+Speed: time per element of the default (its one call's time over the number of elements) and of
+``g=1`` as ratios to the time of one Richardson-Lucy solve of the same element (the
+deconvolution baseline), both measured in this run; the structure model's shared setup
+(footprint matrix, data-space covariances) is timed once per input set as a ratio to one A + A^T
+application's FFTs (four real FFTs of the padded grid).
 
 Run: ``python benchmarks/bench_bridge.py [--quick] [--seed S] [--iterations N] [--guided] [--no-compartments]``
 (``--quick``: tiny preset; ``--seed``: of the simulated scan, default 0; ``--iterations``:
@@ -96,43 +98,40 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
     setup = time.perf_counter() - t
     print(f"\n{label}: object grid {phase.shape}, {op.n_positions} positions; structure setup {setup:.2f} s = "
           f"{setup / floor:.0f} x one A + A^T ({floor * 1e3:.2f} ms)")
-    head = (f"{'el':4s} {'interp':>7s} {'RL':>7s} {'struct':>7s} {'final':>7s} {'w':>5s} {'cmp':>3s} {'f/interp':>9s} "
-            f"{'f/RL':>6s}")
-    head += f" {'fp-auto':>7s} {'g':>5s} {'a/interp':>9s} {'a/RL':>6s}"
-    print(head + (f" {'guided':>7s}" if guided else "") + f" {'time/RL':>8s}")
+    head = (f"{'el':4s} {'interp':>7s} {'RL':>7s} {'struct':>7s} {'g=1':>7s} {'default':>7s} {'g':>5s} {'w':>5s} "
+            f"{'cmp':>3s} {'d/interp':>9s} {'d/RL':>6s}")
+    print(head + (f" {'guided':>7s}" if guided else "") + f" {'g=1/RL':>7s} {'d/RL t':>7s}")
 
     def on_truth_grid(c: np.ndarray) -> np.ndarray:
         da = xr.DataArray(c, dims=("y", "x"), coords={"y": phase["y"].values, "x": phase["x"].values})
         return da.interp(y=grid["y"].values, x=grid["x"].values).values
 
-    auto = {}
+    kw = {"positions_um": scan.true_positions_um, "compartments": compartments}
+    t = time.perf_counter()
+    default = bridge_resolution(maps, recon, elements=list(scan.elements), **kw)
+    t_default = (time.perf_counter() - t) / len(scan.elements)
     for el in scan.elements:
         b = maps[el].values.ravel()
         t = time.perf_counter()
         rl = richardson_lucy(op, b)
         t_rl = time.perf_counter() - t
-        alone = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el], blend=False,
-                                  compartments=compartments)
+        alone = bridge_resolution(maps, recon, elements=[el], blend=False, footprint_power=1.0, **kw)
         t = time.perf_counter()
-        final = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el],
-                                  compartments=compartments)
-        t_final = time.perf_counter() - t
+        plain = bridge_resolution(maps, recon, elements=[el], footprint_power=1.0, **kw)
+        t_plain = time.perf_counter() - t
         e_i = nrmse(interp[el].values, truth[el], where)
         e_rl = nrmse(on_truth_grid(rl.c), truth[el], where)
         e_s = nrmse(on_truth_grid(alone[el].values), truth[el], where)
-        e_f = nrmse(on_truth_grid(final[el].values), truth[el], where)
-        kept = "compartment" in final[el].attrs["features"]
-        line = (f"{el:4s} {e_i:7.3f} {e_rl:7.3f} {e_s:7.3f} {e_f:7.3f} {final[el].attrs['structure_weight']:5.2f} "
-                f"{'yes' if kept else 'no':>3s} {e_f / e_i:9.2f} {e_f / e_rl:6.2f}")
-        if el not in auto:  # the footprint is chosen with every element: one call for all
-            auto = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=list(scan.elements),
-                                     footprint_power="auto", compartments=compartments)
-        e_a = nrmse(on_truth_grid(auto[el].values), truth[el], where)
-        line += f" {e_a:7.3f} {auto.attrs['footprint_power']:5.2f} {e_a / e_i:9.2f} {e_a / e_rl:6.2f}"
+        e_p = nrmse(on_truth_grid(plain[el].values), truth[el], where)
+        e_d = nrmse(on_truth_grid(default[el].values), truth[el], where)
+        attrs = default[el].attrs
+        kept = "compartment" in attrs["features"]
+        line = (f"{el:4s} {e_i:7.3f} {e_rl:7.3f} {e_s:7.3f} {e_p:7.3f} {e_d:7.3f} {default.attrs['footprint_power']:5.2f} "
+                f"{attrs['structure_weight']:5.2f} {'yes' if kept else 'no':>3s} {e_d / e_i:9.2f} {e_d / e_rl:6.2f}")
         if guided:
-            g = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=[el], method="guided")
+            g = bridge_resolution(maps, recon, elements=[el], method="guided", positions_um=scan.true_positions_um)
             line += f" {nrmse(on_truth_grid(g[el].values), truth[el], where):7.3f}"
-        print(line + f" {t_final / t_rl:8.1f}", flush=True)
+        print(line + f" {t_plain / t_rl:7.1f} {t_default / t_rl:7.1f}", flush=True)
 
 
 def main() -> None:

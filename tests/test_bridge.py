@@ -87,9 +87,10 @@ def test_structure_model_halves_the_error_of_interpolation_for_structure_element
     scan, recon, maps, truth = scene
     elements = list(STRUCTURE + LOCALISED)
     interp = interpolate_map(maps, recon["phase"], elements)
-    out = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=elements,
-                            footprint_power="auto")
+    out = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=elements)
+    # the default chooses the footprint power: with the true probe it keeps the probe as it is
     assert out.attrs["footprint_power"] == 1.0 and out["S"].attrs["footprint_power"] == 1.0
+    assert 1.0 in out["S"].attrs["footprint_powers_tried"]
     rl = bridge_resolution(maps, recon, positions_um=scan.true_positions_um, elements=elements,
                            method="richardson_lucy")
     where = np.isfinite(interp["S"].values)
@@ -283,8 +284,8 @@ def test_footprint_power_recovers_a_smeared_reconstructed_probe(scene, tmp_path)
     scan, _, maps, truth = scene
     recon = reconstruct(open_scan(scan.write(tmp_path / "scan.h5")), iterations=60).compute()
     kw = {"positions_um": scan.true_positions_um, "elements": list(scan.elements)}
-    auto = bridge_resolution(maps, recon, footprint_power="auto", **kw)
-    plain = bridge_resolution(maps, recon, **kw)
+    auto = bridge_resolution(maps, recon, **kw)  # the default: footprint_power="auto"
+    plain = bridge_resolution(maps, recon, footprint_power=1.0, **kw)
     assert auto.attrs["footprint_power"] > 1.0 and plain.attrs["footprint_power"] == 1.0
     tried = auto["S"].attrs["footprint_powers_tried"]
     deviance = dict(zip(tried, auto["S"].attrs["footprint_heldout_deviance"], strict=True))

@@ -83,7 +83,9 @@ def test_bridging_on_workers_gives_the_sequential_maps(process_cluster):
     scan = make_scan("tiny", seed=0, i0_fluctuation=0.0, dead_time_fraction=0.0)
     ny, nx = scan.config.scan_shape
     y, x = image_axes_um(scan.object.shape, scan.pixel_size_um, scan.origin_um)
-    recon = xr.Dataset({"phase": (("y", "x"), np.angle(scan.object)), "probe": (("probe_y", "probe_x"), scan.probe)},
+    # a smeared probe, as an unconverged reconstruction gives: the footprint power is not 1
+    smeared = np.abs(scan.probe) ** 0.7 * np.exp(1j * np.angle(scan.probe))
+    recon = xr.Dataset({"phase": (("y", "x"), np.angle(scan.object)), "probe": (("probe_y", "probe_x"), smeared)},
                        coords={"y": y, "x": x})
     counts = np.random.default_rng(1).poisson(scan.line_counts).astype(float)
     pos = scan.true_positions_um
@@ -98,3 +100,7 @@ def test_bridging_on_workers_gives_the_sequential_maps(process_cluster):
     for el in elements:
         np.testing.assert_allclose(on_workers[el].values, here[el].values, rtol=1e-5, atol=1e-6 * float(here[el].max()))
         assert on_workers[el].attrs["structure_weight"] == pytest.approx(here[el].attrs["structure_weight"], abs=1e-6)
+        # one footprint for all the elements, chosen before the groups are sent
+        assert on_workers[el].attrs["footprint_power"] == here[el].attrs["footprint_power"]
+        assert on_workers[el].attrs["footprint_powers_tried"] == here[el].attrs["footprint_powers_tried"]
+    assert here.attrs["footprint_power"] > 1.0

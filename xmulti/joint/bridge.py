@@ -37,7 +37,13 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..footprint import probe_intensity
 from .deconvolve import SolveResult, guided_solve, richardson_lucy
-from .footprint_op import FootprintOperator, forward_operator, poisson_deviance
+from .footprint_op import (
+    FootprintOperator,
+    footprint_rows,
+    forward_operator,
+    mean_footprint,
+    poisson_deviance,
+)
 from .guide import phase_guide, structure_features
 
 __all__ = [
@@ -53,6 +59,8 @@ __all__ = [
     "bridge_resolution",
     "levelled_phase",
     "footprint_radius_px",
+    "choose_footprint_power",
+    "footprints",
 ]
 
 
@@ -186,6 +194,105 @@ def _element_counts(maps, el: str) -> tuple[np.ndarray, np.ndarray, float]:
     return keep, np.clip(values[keep] / scale, 0.0, None), scale
 
 
+def _check_recon(maps, recon):
+    """The reconstruction's phase, checked, and overlapping the maps."""
+    import xarray as xr
+
+    from ..inputs import check_image
+    from ..register import overlap_extent_um
+
+    if not isinstance(recon, xr.Dataset) or "phase" not in recon or "probe" not in recon:
+        raise InvalidInputError("recon must be a reconstruction Dataset with 'phase' (y, x) and 'probe'")
+    phase = recon["phase"]
+    check_image(phase, "the reconstructed phase")
+    overlap_extent_um(maps, phase)
+    return phase
+
+
+def footprints(probe, n_positions: int) -> np.ndarray:
+    """The XRF footprint of a reconstruction's probe: ``(N, M)``, or ``(P, N, M)`` per position.
+
+    Parameters
+    ----------
+    probe : xarray.DataArray
+        ``(probe_y, probe_x)`` or ``(probe_mode, probe_y, probe_x)`` (modes add incoherently);
+        with a ``position`` dimension (a variable-probe reconstruction), one probe per beam
+        position in the maps' raster order.
+    n_positions : int
+        Number of beam positions of the maps.
+
+    Returns
+    -------
+    ndarray
+        Intensity normalised to sum 1 (per position: each probe's flux is the i0 normalisation's
+        business; the footprint is its shape).
+    """
+    if "position" not in probe.dims:
+        return probe_intensity(np.asarray(probe.values))
+    if probe.sizes["position"] != n_positions:
+        raise InvalidInputError(f"the probe has {probe.sizes['position']} positions; the maps have {n_positions} "
+                                "beam positions")
+    order = ["position", *(["probe_mode"] if "probe_mode" in probe.dims else []),
+             *[d for d in probe.dims if d not in ("position", "probe_mode")]]
+    values = np.asarray(probe.transpose(*order).values)
+    if values.ndim not in (3, 4):
+        raise InvalidInputError(f"a per-position probe must be (position, [probe_mode,] probe_y, probe_x), not "
+                                f"{tuple(probe.dims)}")
+    return np.stack([probe_intensity(v) for v in values])
+
+
+def _footprint_and_positions(maps, recon, positions_um) -> tuple[np.ndarray, np.ndarray]:
+    """Probe intensity (sum 1; per position when the probe has a ``position`` dimension) and beam
+    centres as fractional pixel indices of the phase grid."""
+    from ..register import pixel_size_um
+
+    phase = recon["phase"]
+    dy, dx = pixel_size_um(phase, "y"), pixel_size_um(phase, "x")
+    intensity = footprints(recon["probe"], maps.sizes["y"] * maps.sizes["x"])
+    if intensity.shape[-2] >= phase.shape[0] or intensity.shape[-1] >= phase.shape[1]:
+        raise InvalidInputError(
+            f"the probe ({intensity.shape[-2]} x {intensity.shape[-1]}) is not smaller than the phase "
+            f"{tuple(phase.shape)}: give the probe on the object grid"
+        )
+    pos_um = _positions(maps, recon, positions_um)
+    origin = np.array([float(phase["y"][0]), float(phase["x"][0])])
+    return intensity, (pos_um - origin) / np.array([dy, dx])
+
+
+def _features(recon, intensity: np.ndarray, compartments: bool) -> dict[str, np.ndarray]:
+    """The structure model's features of the levelled phase (compartment disk from the footprint)."""
+    radius = _COMPARTMENT_RADII * footprint_radius_px(mean_footprint(intensity)) if compartments else None
+    return structure_features(levelled_phase(recon), compartment_radius_px=radius)
+
+
+def choose_footprint_power(maps, recon, positions_um=None, elements=None,
+                           spacing_px: float | None = None) -> tuple[float, dict]:
+    """The footprint power of resolution bridging, chosen by held-out prediction of the XRF counts.
+
+    What ``bridge_resolution(..., footprint_power="auto")`` does first, on its own: for a
+    caller that bridges the elements in separate calls (one task per worker) and needs one
+    footprint for all of them (they share one probe). See :mod:`xmulti.joint.footprint_fit`.
+
+    Parameters
+    ----------
+    maps, recon, positions_um, elements, spacing_px : as :func:`bridge_resolution`.
+
+    Returns
+    -------
+    power : float
+        Pass it as ``footprint_power`` (1.0: the probe intensity as reconstructed).
+    info : dict
+        ``footprint_powers_tried`` and ``footprint_heldout_deviance`` (empty when no element
+        map is finite at every position).
+    """
+    names = _elements(maps, elements)
+    _check_recon(maps, recon)
+    intensity, frac = _footprint_and_positions(maps, recon, positions_um)
+    counts_of = {el: _element_counts(maps, el) for el in names}
+    power, _, info = _choose_footprint(intensity, frac, _features(recon, intensity, False), counts_of, spacing_px)
+    return power, info
+
+
 def _choose_footprint(intensity, frac, features, counts_of: dict, spacing_px):
     """Footprint power by held-out prediction over the elements measured at every position.
 
@@ -249,7 +356,7 @@ def bridge_resolution(
     rule: str = "edf",
     spacing_px: float | None = None,
     blend: bool = True,
-    footprint_power: float | str = 1.0,
+    footprint_power: float | str | None = None,
     compartments: bool = True,
 ):
     """Element maps at the ptychographic pixel, from XRF maps and a reconstruction.
@@ -265,6 +372,9 @@ def bridge_resolution(
         ``phase (y, x)`` (rad, um coordinates of pixel centres) and ``probe`` (``(probe_y,
         probe_x)`` or ``(probe_mode, probe_y, probe_x)``, on the phase's pixel), optional
         ``illumination``, as :func:`xmulti.reconstruct` returns and ``/reconstructed`` stores.
+        A probe with a leading ``position`` dimension (one per beam position, in the maps'
+        raster order: a variable-probe reconstruction) gives each position its own footprint
+        (:func:`footprints`).
     positions_um : ndarray (P, 2), optional
         Beam centres (y, x) in um, in the maps' raster order. Default: the reconstruction's
         ``corrected_position_y/x`` when their number matches the maps, else the maps' pixel
@@ -284,11 +394,13 @@ def bridge_resolution(
     blend : bool
         Method ``"structure"``: mix with Richardson-Lucy by held-out prediction (False: the
         structure model alone).
-    footprint_power : float or "auto"
+    footprint_power : float or "auto", optional
         Footprint ``I^g / sum I^g`` instead of the probe intensity ``I = I^1``
         (:mod:`xmulti.joint.footprint_fit`: an unconverged reconstruction smears the probe).
         ``"auto"`` (method ``"structure"`` only): ``g`` chosen by held-out prediction of the
-        counts of all the elements measured at every position.
+        counts of all the elements measured at every position
+        (:func:`choose_footprint_power`). Default: ``"auto"`` for method ``"structure"`` (with
+        a true or well-converged probe it keeps ``g = 1``), else 1.
     compartments : bool
         Method ``"structure"``: also offer each element the compartment feature (white
         top-hat of the smoothed matter with a disk of twice the footprint's 90 %-energy
@@ -310,38 +422,24 @@ def bridge_resolution(
     if method not in _METHODS:
         raise InvalidInputError(f"method must be one of {', '.join(_METHODS)}, not {method!r}")
     names = _elements(maps, elements)
+    if footprint_power is None:
+        footprint_power = "auto" if method == "structure" else 1.0
     if isinstance(footprint_power, str):
         if footprint_power != "auto" or method != "structure":
             raise InvalidInputError(f"footprint_power must be a positive number or 'auto' (method 'structure'), "
                                     f"not {footprint_power!r} with method {method!r}")
     elif not (isinstance(footprint_power, (int, float)) and np.isfinite(footprint_power) and footprint_power > 0):
         raise InvalidInputError(f"footprint_power must be a positive number or 'auto', not {footprint_power!r}")
-    if not isinstance(recon, xr.Dataset) or "phase" not in recon or "probe" not in recon:
-        raise InvalidInputError("recon must be a reconstruction Dataset with 'phase' (y, x) and 'probe'")
-    phase = recon["phase"]
-    from ..inputs import check_image
-    from ..register import overlap_extent_um, pixel_size_um
-
-    check_image(phase, "the reconstructed phase")
-    overlap_extent_um(maps, phase)
+    phase = _check_recon(maps, recon)
     if method == "interpolate":
         return interpolate_map(maps, phase, names)
-    dy, dx = pixel_size_um(phase, "y"), pixel_size_um(phase, "x")
-    intensity = probe_intensity(np.asarray(recon["probe"].values))
-    if intensity.shape[0] >= phase.shape[0] or intensity.shape[1] >= phase.shape[1]:
-        raise InvalidInputError(
-            f"the probe ({intensity.shape[0]} x {intensity.shape[1]}) is not smaller than the phase "
-            f"{tuple(phase.shape)}: give the probe on the object grid"
-        )
-    pos_um = _positions(maps, recon, positions_um)
-    origin = np.array([float(phase["y"][0]), float(phase["x"][0])])
-    frac = (pos_um - origin) / np.array([dy, dx])
+    from ..register import pixel_size_um
+
+    dy = pixel_size_um(phase, "y")
+    intensity, frac = _footprint_and_positions(maps, recon, positions_um)
     op_all = forward_operator(intensity, frac, phase.shape)
     guide = phase_guide(np.asarray(phase.values, dtype=float)) if method == "guided" else None
-    features = None
-    if method == "structure":
-        radius = _COMPARTMENT_RADII * footprint_radius_px(intensity) if compartments else None
-        features = structure_features(levelled_phase(recon), compartment_radius_px=radius)
+    features = _features(recon, intensity, compartments) if method == "structure" else None
     counts_of = {el: _element_counts(maps, el) for el in names}
     bases: dict[bytes, object] = {}  # one structure basis per set of finite positions
     fits: dict[str, object] = {}  # base-model fits made while choosing the footprint
@@ -356,7 +454,7 @@ def bridge_resolution(
     data = {}
     for el in names:
         keep, counts, scale = counts_of[el]
-        op = forward_operator(intensity, frac[keep], phase.shape)
+        op = forward_operator(footprint_rows(intensity, keep), frac[keep], phase.shape)
         attrs = {**maps[el].attrs, "method": method, "n_measurements": int(counts.size), "counts_scale": scale,
                  "footprint_power": power, **footprint_info}
         if method == "structure":
@@ -364,7 +462,8 @@ def bridge_resolution(
 
             key = keep.tobytes()
             if key not in bases:
-                bases[key] = structure_basis(intensity, frac[keep], features, spacing_px, zero_mean=_OPTIONAL)
+                bases[key] = structure_basis(footprint_rows(intensity, keep), frac[keep], features, spacing_px,
+                                             zero_mean=_OPTIONAL)
             c, extra = _solve_structure(bases[key], counts, op, max_rl_iter, blend, fits.get(el))
             attrs.update(extra)
         else:
@@ -386,7 +485,9 @@ def bridge_resolution(
             "method": method,
             "regularisation": _regularisation_text(method, gamma, guide, weight, rule, blend),
             "elements": names,
-            "probe_modes": int(recon["probe"].shape[0]) if recon["probe"].ndim == 3 else 1,
+            "probe_modes": int(recon["probe"].sizes.get("probe_mode", 1)) if "position" in recon["probe"].dims
+            else (int(recon["probe"].shape[0]) if recon["probe"].ndim == 3 else 1),
+            "per_position_footprint": int(intensity.ndim == 3),
             "footprint_power": power,
             "pixel_size_nm": dy * 1e3,
         },

@@ -38,16 +38,17 @@ def powered_intensity(intensity: np.ndarray, power: float) -> np.ndarray:
 
     Parameters
     ----------
-    intensity : ndarray (N, M)
-        Probe intensity (any scale, non-negative).
+    intensity : ndarray (N, M) or (P, N, M)
+        Probe intensity (any scale, non-negative); a stack: per-position footprints, each
+        normalised on its own.
     power : float
         Positive exponent (1: the footprint normalised).
     """
     if not power > 0:
         raise InvalidInputError(f"the footprint power must be positive, got {power}")
     out = np.clip(np.asarray(intensity, dtype=float), 0.0, None) ** float(power)
-    total = float(out.sum())
-    if not total > 0:
+    total = out.sum(axis=(-2, -1), keepdims=True)
+    if not np.all(total > 0):
         raise InvalidInputError("the probe intensity is zero everywhere")
     return out / total
 
@@ -59,8 +60,9 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
 
     Parameters
     ----------
-    intensity : ndarray (N, M)
-        Probe intensity normalised to sum 1, beam centre at ``(N//2, M//2)``.
+    intensity : ndarray (N, M) or (P, N, M)
+        Probe intensity normalised to sum 1, beam centre at ``(N//2, M//2)``; a stack: one
+        footprint per position.
     positions_px : ndarray (P, 2)
         Beam centres as fractional object-pixel indices (y, x).
     features : dict of str to ndarray (ny, nx)

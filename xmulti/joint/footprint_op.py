@@ -10,6 +10,11 @@ is in the units of the XRF map: a uniform sample of value ``c`` gives ``b = c``.
 beam positions; two real FFTs of the padded grid per application. :func:`footprint_matrix` is
 the same operator as a sparse matrix (one row per position, the footprint's support), for
 estimators that work with a few thousand unknowns.
+
+Per-position footprints: an intensity stack ``(P, N, M)`` (a probe that changes along the scan,
+e.g. a variable-probe reconstruction, Odstrcil et al., Opt. Express 26, 3108 (2018)) gives each
+row its own footprint. The FFT correlation then no longer applies; the operator is the sparse
+matrix (numpy only), with the same interface.
 """
 
 from __future__ import annotations
@@ -18,7 +23,20 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["FootprintOperator", "forward_operator", "footprint_matrix", "poisson_deviance"]
+__all__ = ["FootprintOperator", "forward_operator", "footprint_matrix", "footprint_rows", "mean_footprint",
+           "poisson_deviance"]
+
+
+def footprint_rows(intensity, rows):
+    """The footprints of some positions: ``intensity[rows]`` of a per-position stack ``(P, N, M)``,
+    the shared footprint ``(N, M)`` itself."""
+    return intensity[rows] if np.ndim(intensity) == 3 else intensity
+
+
+def mean_footprint(intensity) -> np.ndarray:
+    """The footprint averaged over positions (a per-position stack), or the shared one."""
+    arr = np.asarray(intensity, dtype=float)
+    return arr.mean(axis=0) if arr.ndim == 3 else arr
 
 
 class FootprintOperator:
@@ -26,8 +44,9 @@ class FootprintOperator:
 
     Parameters
     ----------
-    intensity : ndarray (N, M)
-        Probe intensity normalised to sum 1, beam centre at pixel ``(N//2, M//2)``.
+    intensity : ndarray (N, M) or (P, N, M)
+        Probe intensity normalised to sum 1, beam centre at pixel ``(N//2, M//2)``; a stack: one
+        footprint per position (applied as a sparse matrix, numpy only).
     positions_px : ndarray (P, 2)
         Beam centres as fractional object-pixel indices (y, x): ``(p - origin) / dx``.
     shape : (ny, nx)
@@ -42,7 +61,20 @@ class FootprintOperator:
         self.xp = xp
         self.shape = (int(shape[0]), int(shape[1]))
         ny, nx = self.shape
+        self._matrix = None
+        if np.ndim(intensity) == 3:
+            if xp is not np:
+                raise InvalidInputError("per-position footprints are applied as a sparse matrix: numpy only")
+            self._matrix = footprint_matrix(intensity, positions_px, self.shape)
+            self._matrix_t = self._matrix.T.tocsr()
+            self.n_positions = self._matrix.shape[0]
+            n, m = np.shape(intensity)[1:]
+            self.padded = (sfft.next_fast_len(ny + n - 1, real=True), sfft.next_fast_len(nx + m - 1, real=True))
+            self.n_ffts = 0
+            return
         kernel = xp.asarray(intensity, dtype=float)
+        if kernel.ndim != 2:
+            raise InvalidInputError(f"a footprint must be (N, M) or (P, N, M), not shape {tuple(kernel.shape)}")
         n, m = kernel.shape
         self.padded = (sfft.next_fast_len(ny + n - 1, real=True), sfft.next_fast_len(nx + m - 1, real=True))
         # correlation with I = convolution with I flipped; output q sits at q + (N - 1 - N//2)
@@ -68,8 +100,16 @@ class FootprintOperator:
         self.n_positions = pos.shape[0]
         self.n_ffts = 0  # FFTs done so far (2 per application): the floor of benchmarks
 
+    @property
+    def per_position(self) -> bool:
+        """Whether each position has its own footprint (the sparse-matrix form)."""
+        return self._matrix is not None
+
     def blur(self, c):
-        """Footprint-weighted sum at every integer beam position of the grid: ``(ny, nx)``."""
+        """Footprint-weighted sum at every integer beam position of the grid: ``(ny, nx)``
+        (a shared footprint only)."""
+        if self.per_position:
+            raise InvalidInputError("per-position footprints have no shared blur")
         xp = self.xp
         ny, nx = self.shape
         oy, ox = self._offset
@@ -90,6 +130,8 @@ class FootprintOperator:
 
     def forward(self, c):
         """``A c``: (ny, nx) -> (P,)."""
+        if self.per_position:
+            return self._matrix @ np.asarray(c, dtype=float).ravel()
         g = self.blur(c).ravel()
         return (g[self._index] * self._weight).sum(axis=1)
 
@@ -97,6 +139,8 @@ class FootprintOperator:
         """``A^T b``: (P,) -> (ny, nx)."""
         xp = self.xp
         ny, nx = self.shape
+        if self.per_position:
+            return (self._matrix_t @ np.asarray(b, dtype=float)).reshape(ny, nx)
         flat = xp.bincount(self._index.ravel(), weights=(self._weight * xp.asarray(b, dtype=float)[:, None]).ravel(),
                            minlength=ny * nx)
         return self.blur_adjoint(flat.reshape(ny, nx))
@@ -117,8 +161,9 @@ def footprint_matrix(intensity: np.ndarray, positions_px: np.ndarray, shape: tup
 
     Parameters
     ----------
-    intensity : ndarray (N, M)
-        Probe intensity normalised to sum 1, beam centre at pixel ``(N//2, M//2)``.
+    intensity : ndarray (N, M) or (P, N, M)
+        Probe intensity normalised to sum 1, beam centre at pixel ``(N//2, M//2)``; a stack: the
+        footprint of each position.
     positions_px : ndarray (P, 2)
         Beam centres as fractional object-pixel indices (y, x), inside the grid.
     shape : (ny, nx)
@@ -127,11 +172,15 @@ def footprint_matrix(intensity: np.ndarray, positions_px: np.ndarray, shape: tup
     import scipy.sparse as sp
 
     ny, nx = int(shape[0]), int(shape[1])
-    kernel = np.asarray(intensity, dtype=float)
-    n, m = kernel.shape
+    kernels = np.asarray(intensity, dtype=float)
     pos = np.asarray(positions_px, dtype=float)
     if pos.ndim != 2 or pos.shape[1] != 2:
         raise InvalidInputError(f"positions must be (P, 2) fractional (y, x) indices, not shape {tuple(pos.shape)}")
+    if kernels.ndim == 3 and kernels.shape[0] != len(pos):
+        raise InvalidInputError(f"{kernels.shape[0]} per-position footprints for {len(pos)} positions")
+    if kernels.ndim not in (2, 3):
+        raise InvalidInputError(f"a footprint must be (N, M) or (P, N, M), not shape {tuple(kernels.shape)}")
+    n, m = kernels.shape[-2:]
     if np.any((pos < 0) | (pos[:, :1] > ny - 1) | (pos[:, 1:] > nx - 1)):
         raise InvalidInputError(f"beam positions fall outside the object grid ({ny} x {nx} pixels)")
     i0 = np.clip(np.floor(pos).astype(int), 0, [ny - 2, nx - 2])
@@ -139,6 +188,7 @@ def footprint_matrix(intensity: np.ndarray, positions_px: np.ndarray, shape: tup
     uu, vv = np.mgrid[0 : n + 1, 0 : m + 1]
     rows, cols, vals = [], [], []
     for j in range(len(pos)):
+        kernel = kernels[j] if kernels.ndim == 3 else kernels
         wy, wx = w[j]
         k = np.zeros((n + 1, m + 1))
         k[:n, :m] += (1 - wy) * (1 - wx) * kernel

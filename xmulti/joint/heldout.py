@@ -14,7 +14,7 @@ import numpy as np
 from scipy import optimize
 
 from .deconvolve import one_blas_thread, richardson_lucy
-from .footprint_op import forward_operator, poisson_deviance
+from .footprint_op import footprint_rows, forward_operator, poisson_deviance
 from .structure import StructureBasis, StructureFit, _reml
 
 __all__ = ["unit_deviance", "heldout_prediction", "blend_with_richardson_lucy"]
@@ -107,9 +107,10 @@ def _blend(basis: StructureBasis, b, fit: StructureFit, rl_c, max_rl_iter: int):
         train = ~test
         if test.sum() == 0 or train.sum() < 8:
             continue
-        op_train = forward_operator(basis.intensity, basis.positions_px[train], basis.shape)
+        op_train = forward_operator(footprint_rows(basis.intensity, train), basis.positions_px[train], basis.shape)
         c_r = richardson_lucy(op_train, b[train], max_iter=max_rl_iter).c
-        pred_r[test] = forward_operator(basis.intensity, basis.positions_px[test], basis.shape).forward(c_r)
+        pred_r[test] = forward_operator(footprint_rows(basis.intensity, test), basis.positions_px[test],
+                                        basis.shape).forward(c_r)
     floor = 1e-6 * max(float(b.mean()), 1e-30)
 
     def held_out(w: float) -> float:

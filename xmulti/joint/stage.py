@@ -54,9 +54,11 @@ def _bridge(maps, recon, elements: list[str], client):
     Elements are independent, but the structure model's setup (levelling, features, data-space
     covariances: about 1 s on the demo store) is shared by the elements of one call: one task
     per worker pays it once per worker instead of once per element (demo store, 2 workers: one
-    element per task took 10.3 s against 13.3 s for all seven in one process).
+    element per task took 10.3 s against 13.3 s for all seven in one process). The elements share
+    one probe, so the footprint power is chosen first, from all of them, in one task
+    (:func:`xmulti.joint.bridge.choose_footprint_power`), and given to every group.
     """
-    from .bridge import bridge_resolution
+    from .bridge import bridge_resolution, choose_footprint_power
 
     workers = len(client.scheduler_info().get("workers", {})) if client is not None else 1
     if client is None or len(elements) < 2 or workers < 2:
@@ -72,10 +74,15 @@ def _bridge(maps, recon, elements: list[str], client):
 
     groups = [list(g) for g in np.array_split(np.asarray(elements, dtype=object), min(workers, len(elements)))]
     recon_future = client.scatter(recon, broadcast=False)
-    futures = [client.submit(bridge_resolution, subset(g), recon_future, elements=g, pure=False) for g in groups]
+    power, info = client.submit(choose_footprint_power, subset(elements), recon_future, elements=elements,
+                                pure=False).result()
+    futures = [client.submit(bridge_resolution, subset(g), recon_future, elements=g, footprint_power=power,
+                             pure=False) for g in groups]
     parts = client.gather(futures)
     merged = xr.merge([part[g] for part, g in zip(parts, groups, strict=True)], combine_attrs="override")
     merged = merged[elements]
+    for el in elements:
+        merged[el].attrs.update(info)
     merged["coverage"] = parts[0]["coverage"]
     merged.attrs = {**parts[0].attrs, "elements": list(elements)}
     return merged

@@ -152,8 +152,9 @@ def structure_basis(intensity: np.ndarray, positions_px: np.ndarray, features: d
 
     Parameters
     ----------
-    intensity : ndarray (N, M)
-        Probe intensity normalised to sum 1, beam centre at ``(N//2, M//2)``.
+    intensity : ndarray (N, M) or (P, N, M)
+        Probe intensity normalised to sum 1, beam centre at ``(N//2, M//2)``; a stack: one
+        footprint per position.
     positions_px : ndarray (P, 2)
         Beam centres as fractional object-pixel indices (y, x).
     features : dict of str to ndarray (ny, nx)
