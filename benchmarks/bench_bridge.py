@@ -28,8 +28,8 @@ application's FFTs (four real FFTs of the padded grid).
 
 Run: ``python benchmarks/bench_bridge.py [--quick] [--seed S] [--iterations N] [--guided] [--no-compartments]``
 (``--quick``: tiny preset; ``--seed``: of the simulated scan, default 0; ``--iterations``:
-ptychography epochs, default 60; ``--no-compartments``: the structure model without the
-compartment feature, as before it was added).
+ptychography epochs, default 100, as ``xmulti run`` does (``ptycho.iterations``);
+``--no-compartments``: the structure model without the compartment feature, as before it was added).
 """
 
 # ruff: noqa: E402  (BLAS threads are set before numpy is imported)
@@ -138,7 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny preset")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated scan")
-    parser.add_argument("--iterations", type=int, default=60, help="ptychography epochs")
+    parser.add_argument("--iterations", type=int, default=100,
+                        help="ptychography epochs (default: the pipeline's ptycho.iterations)")
     parser.add_argument("--guided", action="store_true", help="also the pixel-level guided solve (slow)")
     parser.add_argument("--no-compartments", action="store_true", help="without the compartment feature")
     args = parser.parse_args()
