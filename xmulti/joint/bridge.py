@@ -306,6 +306,7 @@ def _choose_footprint(intensity, frac, features, counts_of: dict, spacing_px):
         return 1.0, {}, {}
     base = {k: v for k, v in features.items() if k not in _OPTIONAL}
     power, _, fits, info = select_footprint_power(intensity, frac, base, [counts_of[el][1] for el in full], spacing_px)
+    info["footprint_elements"] = list(full)  # the order of footprint_dispersion
     return power, (dict(zip(full, fits, strict=True)) if power == 1.0 else {}), info
 
 

@@ -12,10 +12,19 @@ beam centre, the support and the ring positions; ``g = 1`` is the probe as recon
 Choice: the XRF counts see the footprint directly, so ``g`` is the value whose structure model
 best predicts positions it was not fitted to (the four interleaved folds of
 :func:`xmulti.joint.heldout.heldout_prediction`; cross-validation: M. Stone, J. R. Stat. Soc.
-B 36, 111 (1974)), the Poisson deviance summed over the elements (they share one probe). Each
-element keeps the smoothness weights of its fit at ``g = 1`` (a fair comparison of footprints,
-and a bias towards the probe as reconstructed). The search walks the ladder from ``g = 1``
-while the held-out deviance falls, so ``g = 1`` is kept unless a neighbour predicts better.
+B 36, 111 (1974)), the Poisson deviance summed over the elements (they share one probe), each
+divided by its dispersion: its held-out deviance per position at ``g = 1`` (at least 1). An
+element the structure model describes badly (puncta, granules far below the footprint) is
+overdispersed, and its held-out deviance then moves with the footprint for reasons that are
+model error, not probe error; dividing by the dispersion is the quasi-likelihood of an
+overdispersed Poisson model (J. A. Nelder & R. W. M. Wedderburn, J. R. Stat. Soc. A 135, 370
+(1972); P. McCullagh & J. A. Nelder, *Generalized Linear Models*, 2nd ed. (1989), ch. 9).
+Measured on the ``small`` simulation after 100 epochs, seed 4: Ca (dispersion 7.0) alone made
+the plain sum choose a wider footprint, ``g = 0.89``, which worsened every element; the scaled
+sum chooses ``g = 1.12``. Each element keeps the smoothness weights of its fit at ``g = 1`` (a
+fair comparison of footprints, and a bias towards the probe as reconstructed). The search walks
+the ladder from ``g = 1`` while the held-out deviance falls, so ``g = 1`` is kept unless a
+neighbour predicts better.
 """
 
 from __future__ import annotations
@@ -82,7 +91,8 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
         Each element's fit at power 1 (the final fits when 1 is chosen).
     info : dict
         ``footprint_powers_tried`` and ``footprint_heldout_deviance`` (per position, summed
-        over elements, in the order tried).
+        over elements each divided by its dispersion, in the order tried), and
+        ``footprint_dispersion`` (per element, in the order of ``counts``).
     """
     if not counts:
         raise InvalidInputError("no element counts to choose the footprint with")
@@ -92,16 +102,20 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
     floor = 1e-6 * max(max(float(c.mean()) for c in b), 1e-30)
     unit: dict[float, np.ndarray] = {}
 
+    def per_element(power: float) -> list[np.ndarray]:
+        if power not in bases:
+            bases[power] = structure_basis(powered_intensity(intensity, power), positions_px, features, spacing_px)
+        return [unit_deviance(c, np.nan_to_num(heldout_prediction(bases[power], c, fit.log_weights,
+                                                                  np.maximum(fit.fitted, 1.0))), floor)
+                for c, fit in zip(b, fits, strict=True)]
+
+    at_one = per_element(1.0)
+    dispersion = [max(float(d.mean()), 1.0) for d in at_one]
+    unit[1.0] = sum(d / phi for d, phi in zip(at_one, dispersion, strict=True))
+
     def deviance(power: float) -> float:
         if power not in unit:
-            if power not in bases:
-                bases[power] = structure_basis(powered_intensity(intensity, power), positions_px, features,
-                                               spacing_px)
-            total = np.zeros_like(b[0])
-            for c, fit in zip(b, fits, strict=True):
-                pred = heldout_prediction(bases[power], c, fit.log_weights, np.maximum(fit.fitted, 1.0))
-                total += unit_deviance(c, np.nan_to_num(pred), floor)
-            unit[power] = total
+            unit[power] = sum(d / phi for d, phi in zip(per_element(power), dispersion, strict=True))
         return float(unit[power].mean())
 
     best = 1.0
@@ -118,5 +132,6 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
             break
     tried = list(unit)
     info = {"footprint_powers_tried": [float(p) for p in tried],
-            "footprint_heldout_deviance": [float(unit[p].mean()) for p in tried]}
+            "footprint_heldout_deviance": [float(unit[p].mean()) for p in tried],
+            "footprint_dispersion": dispersion}
     return float(best), bases, fits, info
