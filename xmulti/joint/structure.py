@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import fft as sfft
 from scipy import linalg, optimize
+from scipy.linalg import blas, lapack
 
 from ..errors import InvalidInputError
 from .deconvolve import one_blas_thread
@@ -216,20 +217,34 @@ def _structure_basis(intensity, positions_px, features, spacing_px, zero_mean=()
 
 
 def _reml(log_w: np.ndarray, gram: list[np.ndarray], fixed: np.ndarray, b: np.ndarray, var: np.ndarray):
-    """Restricted log marginal likelihood (up to a constant) and what the posterior mean needs."""
-    k = np.diag(var)
-    for g, lw in zip(gram, log_w, strict=True):
-        k = k + g * np.exp(-lw)
+    """Restricted log marginal likelihood (up to a constant) and what the posterior mean needs.
+
+    ``K = diag(var) + sum_k exp(-log_w_k) G_k`` is assembled in place and factored by LAPACK
+    without copies, and ``K^-1 [b, X]`` is one triangular solve: the search calls this thousands
+    of times per element, and the temporaries of the plain expression took a third of its time.
+    """
+    n = len(b)
+    k = np.multiply(gram[0], np.exp(-log_w[0]))
+    flat = k.reshape(-1)
+    for g, lw in zip(gram[1:], log_w[1:], strict=True):
+        blas.daxpy(g.reshape(-1), flat, a=np.exp(-lw))  # k += w g in one pass, no temporary
+    k.flat[:: n + 1] += var
+    # k is symmetric, so its transpose (Fortran order, no copy) can be factored in place
+    chol, info = lapack.dpotrf(k.T, lower=True, overwrite_a=True, clean=False)
+    if info != 0:
+        return -np.inf, None
+    rhs = np.empty((n, 1 + fixed.shape[1]), order="F")
+    rhs[:, 0] = b
+    rhs[:, 1:] = fixed
+    solved, info = lapack.dpotrs(chol, rhs, lower=True, overwrite_b=True)
+    kib, kif = solved[:, 0], solved[:, 1:]
     try:
-        chol = linalg.cho_factor(k, lower=True, check_finite=False)
-        kib = linalg.cho_solve(chol, b, check_finite=False)
-        kif = linalg.cho_solve(chol, fixed, check_finite=False)
         fkf = linalg.cho_factor(fixed.T @ kif, lower=True, check_finite=False)
     except linalg.LinAlgError:
         return -np.inf, None
     beta = linalg.cho_solve(fkf, fixed.T @ kib, check_finite=False)
     kir = kib - kif @ beta
-    value = -(np.sum(np.log(np.diag(chol[0]))) + np.sum(np.log(np.diag(fkf[0])))) - 0.5 * float((b - fixed @ beta) @ kir)
+    value = -(np.sum(np.log(chol.diagonal())) + np.sum(np.log(np.diag(fkf[0])))) - 0.5 * float((b - fixed @ beta) @ kir)
     return float(value), (beta, kir)
 
 
