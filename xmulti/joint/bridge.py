@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..footprint import probe_intensity
-from .deconvolve import SolveResult, guided_solve, one_blas_thread, richardson_lucy
+from .deconvolve import SolveResult, guided_solve, richardson_lucy
 from .footprint_op import (
     FootprintOperator,
     footprint_rows,
@@ -305,9 +305,7 @@ def _choose_footprint(intensity, frac, features, counts_of: dict, spacing_px):
     if not full:  # every map has gaps: no common positions to compare footprints on
         return 1.0, {}, {}
     base = {k: v for k, v in features.items() if k not in _OPTIONAL}
-    with one_blas_thread():  # the fits' matrices are small: BLAS threads only contend
-        power, _, fits, info = select_footprint_power(intensity, frac, base, [counts_of[el][1] for el in full],
-                                                      spacing_px)
+    power, _, fits, info = select_footprint_power(intensity, frac, base, [counts_of[el][1] for el in full], spacing_px)
     info["footprint_elements"] = list(full)  # the order of footprint_dispersion
     return power, (dict(zip(full, fits, strict=True)) if power == 1.0 else {}), info
 
@@ -454,22 +452,20 @@ def bridge_resolution(
         from .footprint_fit import powered_intensity
 
         intensity = powered_intensity(intensity, power)
-    if method == "structure":
-        from .structure import structure_basis
-
-        for el in names:  # one structure basis per set of finite positions, shared by the elements
-            keep = counts_of[el][0]
-            if keep.tobytes() not in bases:
-                bases[keep.tobytes()] = structure_basis(footprint_rows(intensity, keep), frac[keep], features,
-                                                        spacing_px, zero_mean=_OPTIONAL)
-
-    def solve(el: str):
+    data = {}
+    for el in names:
         keep, counts, scale = counts_of[el]
         op = forward_operator(footprint_rows(intensity, keep), frac[keep], phase.shape)
         attrs = {**maps[el].attrs, "method": method, "n_measurements": int(counts.size), "counts_scale": scale,
                  "footprint_power": power, **footprint_info}
         if method == "structure":
-            c, extra = _solve_structure(bases[keep.tobytes()], counts, op, max_rl_iter, blend, fits.get(el))
+            from .structure import structure_basis
+
+            key = keep.tobytes()
+            if key not in bases:
+                bases[key] = structure_basis(footprint_rows(intensity, keep), frac[keep], features, spacing_px,
+                                             zero_mean=_OPTIONAL)
+            c, extra = _solve_structure(bases[key], counts, op, max_rl_iter, blend, fits.get(el))
             attrs.update(extra)
         else:
             if method == "guided":
@@ -479,10 +475,7 @@ def bridge_resolution(
             c = res.c
             attrs.update(regularisation_weight=res.weight, iterations=res.iterations, objective=res.objective,
                          poisson_deviance=res.deviance, degrees_of_freedom=res.dof)
-        return ("y", "x"), (c * scale).astype(np.float32), attrs
-
-    with one_blas_thread():  # the fits' matrices are small: BLAS threads only contend
-        data = {el: solve(el) for el in names}
+        data[el] = (("y", "x"), (c * scale).astype(np.float32), attrs)
     coverage = op_all.adjoint(np.ones(op_all.n_positions))
     data["coverage"] = (("y", "x"), (coverage / coverage.max()).astype(np.float32),
                         {"units": "1", "long_name": "relative sum of the footprints over the positions"})

@@ -105,14 +105,9 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
     def per_element(power: float) -> list[np.ndarray]:
         if power not in bases:
             bases[power] = structure_basis(powered_intensity(intensity, power), positions_px, features, spacing_px)
-        basis = bases[power]
-
-        def one(pair: tuple[np.ndarray, StructureFit]) -> np.ndarray:
-            c, fit = pair
-            predicted = heldout_prediction(basis, c, fit.log_weights, np.maximum(fit.fitted, 1.0))
-            return unit_deviance(c, np.nan_to_num(predicted), floor)
-
-        return [one(pair) for pair in zip(b, fits, strict=True)]
+        return [unit_deviance(c, np.nan_to_num(heldout_prediction(bases[power], c, fit.log_weights,
+                                                                  np.maximum(fit.fitted, 1.0))), floor)
+                for c, fit in zip(b, fits, strict=True)]
 
     at_one = per_element(1.0)
     dispersion = [max(float(d.mean()), 1.0) for d in at_one]
