@@ -779,8 +779,9 @@ def smooth_fields(shape: tuple[int, int], n_fields: int, rng: np.random.Generato
     yy, xx = np.mgrid[0:ny, 0:nx]
     out = np.empty((n_fields, ny, nx))
     for k in range(n_fields):
-        z = gaussian_filter(rng.standard_normal(shape), correlation_px, mode="wrap")
-        z /= z.std() or 1.0
+        z = gaussian_filter(rng.standard_normal(shape), min(correlation_px, min(ny, nx) / 4), mode="wrap")
+        z -= z.mean()
+        z = np.clip(z / z.std(), -4.0, 4.0) if z.std() > 1e-12 else np.zeros(shape)
         field_ = np.exp(contrast * z)
         for _ in range(3):
             cy, cx = rng.uniform(0, ny), rng.uniform(0, nx)
