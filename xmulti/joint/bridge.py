@@ -32,6 +32,9 @@ one the map is taken as counts (``s = 1``). Negative values (unconstrained fits)
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 from ..errors import InvalidInputError
@@ -76,6 +79,11 @@ _OPTIONAL = ("compartment",)
 # 1.5-1.75 give a disk that holds a cell's interior, kept for P and worse (0.58 against 0.46 of
 # interpolation), while at 2 the feature is the whole cell, brings no gain and is dropped
 _COMPARTMENT_RADII = 2.0
+# tiles of the structure model (xmulti.joint.bridge_tiles): the halo and the stitching ramps'
+# half-width in footprint radii (90 % of the energy); a tile's map is then used up to 0.5 radius
+# beyond its core, where its positions still reach 2 radii further
+_HALO_RADII = 2.5
+_BLEND_RADII = 0.5
 
 
 def interpolate_map(maps, phase, elements=None):
@@ -266,7 +274,8 @@ def _features(recon, intensity: np.ndarray, compartments: bool) -> dict[str, np.
 
 
 def choose_footprint_power(maps, recon, positions_um=None, elements=None,
-                           spacing_px: float | None = None) -> tuple[float, dict]:
+                           spacing_px: float | None = None, tile_steps: float | None = 12.0,
+                           search_positions: int = 1000) -> tuple[float, dict]:
     """The footprint power of resolution bridging, chosen by held-out prediction of the XRF counts.
 
     What ``bridge_resolution(..., footprint_power="auto")`` does first, on its own: for a
@@ -275,7 +284,8 @@ def choose_footprint_power(maps, recon, positions_um=None, elements=None,
 
     Parameters
     ----------
-    maps, recon, positions_um, elements, spacing_px : as :func:`bridge_resolution`.
+    maps, recon, positions_um, elements, spacing_px, tile_steps, search_positions : as
+        :func:`bridge_resolution`.
 
     Returns
     -------
@@ -289,23 +299,51 @@ def choose_footprint_power(maps, recon, positions_um=None, elements=None,
     _check_recon(maps, recon)
     intensity, frac = _footprint_and_positions(maps, recon, positions_um)
     counts_of = {el: _element_counts(maps, el) for el in names}
-    power, _, info = _choose_footprint(intensity, frac, _features(recon, intensity, False), counts_of, spacing_px)
+    tiles = _tiles(intensity, frac, recon["phase"].shape, spacing_px, tile_steps)
+    power, _, info = _choose_footprint(intensity, frac, _features(recon, intensity, False), counts_of, spacing_px,
+                                       tiles, search_positions)
     return power, info
 
 
-def _choose_footprint(intensity, frac, features, counts_of: dict, spacing_px):
+def _scan_step(frac: np.ndarray) -> float:
+    from .structure import scan_step_px
+
+    return scan_step_px(frac)
+
+
+def _tiles(intensity, frac, shape, spacing_px, tile_steps):
+    """Tiles of the structure model (:func:`xmulti.joint.bridge_tiles.split_bridge_tiles`), None untiled."""
+    from .bridge_tiles import split_bridge_tiles
+
+    if tile_steps is None:
+        return None
+    radius = footprint_radius_px(mean_footprint(intensity))
+    step = spacing_px if spacing_px is not None else _scan_step(frac)
+    halo = max(_HALO_RADII * radius, step)
+    tiles = split_bridge_tiles(frac, shape, np.shape(intensity)[-2:], step, halo,
+                               min(max(_BLEND_RADII * radius, 1.0), halo), tile_steps)
+    return tiles if len(tiles) > 1 else None
+
+
+def _choose_footprint(intensity, frac, features, counts_of: dict, spacing_px, tiles=None, search_positions=1000):
     """Footprint power by held-out prediction over the elements measured at every position.
 
     Returns the power and the elements' fits when power 1 is chosen (their base-model fits,
-    without the optional compartment feature), and the selection's attributes.
+    without the optional compartment feature), and the selection's attributes. With ``tiles``
+    (more than one), on the search tiles of the tiled model.
     """
-    from .footprint_fit import select_footprint_power
+    from .footprint_fit import select_footprint_power, select_footprint_power_tiled
 
     full = [el for el, (keep, _, _) in counts_of.items() if keep.all()]
     if not full:  # every map has gaps: no common positions to compare footprints on
         return 1.0, {}, {}
     base = {k: v for k, v in features.items() if k not in _OPTIONAL}
-    power, _, fits, info = select_footprint_power(intensity, frac, base, [counts_of[el][1] for el in full], spacing_px)
+    b = [counts_of[el][1] for el in full]
+    if tiles is not None and len(tiles) > 1:
+        spacing = spacing_px if spacing_px is not None else _scan_step(frac)
+        power, fits, info = select_footprint_power_tiled(intensity, frac, base, b, tiles, spacing, search_positions)
+    else:
+        power, _, fits, info = select_footprint_power(intensity, frac, base, b, spacing_px)
     info["footprint_elements"] = list(full)  # the order of footprint_dispersion
     return power, (dict(zip(full, fits, strict=True)) if power == 1.0 else {}), info
 
@@ -359,6 +397,9 @@ def bridge_resolution(
     blend: bool = True,
     footprint_power: float | str | None = None,
     compartments: bool = True,
+    tile_steps: float | None = 12.0,
+    search_positions: int = 1000,
+    progress: Callable[[str], None] | None = None,
 ):
     """Element maps at the ptychographic pixel, from XRF maps and a reconstruction.
 
@@ -408,6 +449,17 @@ def bridge_resolution(
         radius, :func:`xmulti.joint.guide.compartment_feature`), kept for the elements enriched
         in it whose restricted likelihood it raises significantly
         (:func:`xmulti.joint.structure.select_features`).
+    tile_steps : float or None
+        Method ``"structure"``: a scan wider than this many scan steps is solved in overlapping
+        tiles whose cores are at most that wide (a halo of 2.5 footprint radii, stitched with
+        smooth weights; :mod:`xmulti.joint.tiled`), so the cost grows linearly with the
+        positions instead of as their cube. None: one model of every position (memory and
+        time grow as ``P^2`` and ``P^3``).
+    search_positions : int
+        Tiled model: about how many tile members choose the shared smoothness weights of each
+        element (the tiles holding the most matter).
+    progress : callable, optional
+        Called with a line of text per element (and per few tiles of a tiled model).
 
     Returns
     -------
@@ -445,15 +497,22 @@ def bridge_resolution(
     bases: dict[bytes, object] = {}  # one structure basis per set of finite positions
     fits: dict[str, object] = {}  # base-model fits made while choosing the footprint
     footprint_info: dict = {}
+    tiles = _tiles(intensity, frac, phase.shape, spacing_px, tile_steps) if method == "structure" else None
     if isinstance(footprint_power, str) and footprint_power == "auto":
-        footprint_power, fits, footprint_info = _choose_footprint(intensity, frac, features, counts_of, spacing_px)
+        if progress is not None:
+            progress("choosing the footprint power by held-out prediction"
+                     + (f" ({len(tiles)} tiles)" if tiles is not None else ""))
+        footprint_power, fits, footprint_info = _choose_footprint(intensity, frac, features, counts_of, spacing_px,
+                                                                  tiles, search_positions)
     power = float(footprint_power)
     if power != 1.0:
         from .footprint_fit import powered_intensity
 
         intensity = powered_intensity(intensity, power)
     data = {}
-    for el in names:
+    tiled: dict[bytes, object] = {}  # one tiled model per set of finite positions
+    for i, el in enumerate(names):
+        started = time.perf_counter()
         keep, counts, scale = counts_of[el]
         op = forward_operator(footprint_rows(intensity, keep), frac[keep], phase.shape)
         attrs = {**maps[el].attrs, "method": method, "n_measurements": int(counts.size), "counts_scale": scale,
@@ -462,10 +521,19 @@ def bridge_resolution(
             from .structure import structure_basis
 
             key = keep.tobytes()
-            if key not in bases:
-                bases[key] = structure_basis(footprint_rows(intensity, keep), frac[keep], features, spacing_px,
-                                             zero_mean=_OPTIONAL)
-            c, extra = _solve_structure(bases[key], counts, op, max_rl_iter, blend, fits.get(el))
+            if key not in tiled:
+                tiled[key] = _tiled_model(intensity, frac, keep, tiles, phase.shape, features, spacing_px,
+                                          tile_steps, search_positions)
+            if tiled[key] is not None:
+                from .tiled import solve_structure_tiled
+
+                c, extra = solve_structure_tiled(tiled[key], counts, op, _OPTIONAL, max_rl_iter, blend,
+                                                 fits.get(el), _tile_progress(progress, el))
+            else:
+                if key not in bases:
+                    bases[key] = structure_basis(footprint_rows(intensity, keep), frac[keep], features, spacing_px,
+                                                 zero_mean=_OPTIONAL)
+                c, extra = _solve_structure(bases[key], counts, op, max_rl_iter, blend, fits.get(el))
             attrs.update(extra)
         else:
             if method == "guided":
@@ -476,6 +544,8 @@ def bridge_resolution(
             attrs.update(regularisation_weight=res.weight, iterations=res.iterations, objective=res.objective,
                          poisson_deviance=res.deviance, degrees_of_freedom=res.dof)
         data[el] = (("y", "x"), (c * scale).astype(np.float32), attrs)
+        if progress is not None:
+            progress(f"bridged {el} ({i + 1}/{len(names)}) in {time.perf_counter() - started:.1f} s")
     coverage = op_all.adjoint(np.ones(op_all.n_positions))
     data["coverage"] = (("y", "x"), (coverage / coverage.max()).astype(np.float32),
                         {"units": "1", "long_name": "relative sum of the footprints over the positions"})
@@ -493,6 +563,33 @@ def bridge_resolution(
             "pixel_size_nm": dy * 1e3,
         },
     )
+
+
+def _tiled_model(intensity, frac, keep, tiles, shape, features, spacing_px, tile_steps, search_positions):
+    """The tiled structure model of the positions ``keep`` (None when they fit in one tile)."""
+    from .tiled import tiled_basis
+
+    if tiles is None:
+        return None
+    rows = footprint_rows(intensity, keep)
+    if not keep.all():  # a map with gaps: tiles of its own positions
+        tiles = _tiles(rows, frac[keep], shape, spacing_px, tile_steps)
+        if tiles is None:
+            return None
+    spacing = spacing_px if spacing_px is not None else _scan_step(frac[keep])
+    return tiled_basis(rows, frac[keep], features, tiles, spacing, _OPTIONAL, search_positions)
+
+
+def _tile_progress(progress, el: str):
+    """``progress(done, total)`` of the tile solves, as a line every quarter of the tiles."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        if done == total or done % max(1, -(-total // 4)) == 0:
+            progress(f"  {el}: {done}/{total} tiles solved")
+
+    return report
 
 
 def _regularisation_text(method: str, gamma: float, guide, weight, rule: str, blend: bool) -> str:

@@ -35,7 +35,7 @@ from ..errors import InvalidInputError
 from .heldout import heldout_prediction, unit_deviance
 from .structure import StructureBasis, StructureFit, structure_basis, structure_solve
 
-__all__ = ["powered_intensity", "select_footprint_power"]
+__all__ = ["powered_intensity", "select_footprint_power", "select_footprint_power_tiled"]
 
 # candidate powers: a geometric ladder (steps of 2^(1/6), about 12 %) walked from 1 outwards
 _STEP = 2.0 ** (1.0 / 6.0)
@@ -118,6 +118,16 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
             unit[power] = sum(d / phi for d, phi in zip(per_element(power), dispersion, strict=True))
         return float(unit[power].mean())
 
+    best = _walk(deviance)
+    tried = list(unit)
+    info = {"footprint_powers_tried": [float(p) for p in tried],
+            "footprint_heldout_deviance": [float(unit[p].mean()) for p in tried],
+            "footprint_dispersion": dispersion}
+    return float(best), bases, fits, info
+
+
+def _walk(deviance) -> float:
+    """The power reached from 1 by walking the ladder while ``deviance(power)`` falls."""
     best = 1.0
     for direction in (_STEP, 1.0 / _STEP):  # walk outwards while the held-out deviance falls
         power = 1.0
@@ -130,8 +140,59 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
             best = power
         if best != 1.0:  # the deviance fell upwards: no need to look down
             break
+    return best
+
+
+def select_footprint_power_tiled(intensity: np.ndarray, positions_px: np.ndarray, features: dict[str, np.ndarray],
+                                 counts: list[np.ndarray], tiles: list, spacing_px: float,
+                                 search_positions: int = 1000) -> tuple[float, list, dict]:
+    """:func:`select_footprint_power` on the search tiles of a tiled model (:mod:`xmulti.joint.tiled`).
+
+    Each element's weights at ``g = 1`` are shared by the search tiles (their summed restricted
+    likelihood); the held-out deviance is summed over the search tiles' core positions. The cost
+    does not grow with the scan: only the search tiles are used.
+
+    Returns
+    -------
+    power : float
+    fits : list of xmulti.joint.tiled.TiledFit
+        Each element's fit at power 1 on the search tiles.
+    info : dict
+        As :func:`select_footprint_power`.
+    """
+    from .heldout import fold_of
+    from .tiled import search_fit, tiled_basis, tiled_heldout
+
+    if not counts:
+        raise InvalidInputError("no element counts to choose the footprint with")
+    b = [np.clip(np.asarray(c, dtype=float), 0.0, None) for c in counts]
+    bases = {1.0: tiled_basis(intensity, positions_px, features, tiles, spacing_px, (), search_positions)}
+    search = bases[1.0].search
+    fits = [search_fit(bases[1.0], c) for c in b]
+    rows = np.concatenate([tiles[t].members[tiles[t].core] for t in search])
+    folds = fold_of(positions_px, spacing_px)
+    floor = 1e-6 * max(max(float(c.mean()) for c in b), 1e-30)
+    unit: dict[float, np.ndarray] = {}
+
+    def per_element(power: float) -> list[np.ndarray]:
+        if power not in bases:
+            bases[power] = tiled_basis(powered_intensity(intensity, power), positions_px, features, tiles,
+                                       spacing_px, (), search_positions)
+        return [unit_deviance(c[rows], np.nan_to_num(tiled_heldout(bases[power], c, fit, folds, search)[rows]), floor)
+                for c, fit in zip(b, fits, strict=True)]
+
+    at_one = per_element(1.0)
+    dispersion = [max(float(d.mean()), 1.0) for d in at_one]
+    unit[1.0] = sum(d / phi for d, phi in zip(at_one, dispersion, strict=True))
+
+    def deviance(power: float) -> float:
+        if power not in unit:
+            unit[power] = sum(d / phi for d, phi in zip(per_element(power), dispersion, strict=True))
+        return float(unit[power].mean())
+
+    best = _walk(deviance)
     tried = list(unit)
     info = {"footprint_powers_tried": [float(p) for p in tried],
             "footprint_heldout_deviance": [float(unit[p].mean()) for p in tried],
             "footprint_dispersion": dispersion}
-    return float(best), bases, fits, info
+    return float(best), fits, info

@@ -17,7 +17,8 @@ from .deconvolve import one_blas_thread, richardson_lucy
 from .footprint_op import footprint_rows, forward_operator, poisson_deviance
 from .structure import StructureBasis, StructureFit, _reml
 
-__all__ = ["unit_deviance", "heldout_prediction", "blend_with_richardson_lucy"]
+__all__ = ["unit_deviance", "heldout_prediction", "blend_with_richardson_lucy", "fold_of", "rl_heldout_prediction",
+           "mix_with_richardson_lucy"]
 
 
 def unit_deviance(b: np.ndarray, m: np.ndarray, floor: float) -> np.ndarray:
@@ -26,7 +27,7 @@ def unit_deviance(b: np.ndarray, m: np.ndarray, floor: float) -> np.ndarray:
     return 2.0 * (np.where(b > 0, b * np.log(np.where(b > 0, b, 1.0) / m), 0.0) - (b - m))
 
 
-def _folds(positions_px: np.ndarray, spacing: float, n: int = 4) -> np.ndarray:
+def fold_of(positions_px: np.ndarray, spacing: float, n: int = 4) -> np.ndarray:
     """Fold of each position: parity of its row and column of the scan step (interleaved folds)."""
     cell = np.floor(np.asarray(positions_px) / spacing).astype(int)
     fold = 2 * (cell[:, 0] % 2) + cell[:, 1] % 2
@@ -58,10 +59,10 @@ def blend_with_richardson_lucy(basis: StructureBasis, b: np.ndarray, fit: Struct
 
 
 def heldout_prediction(basis: StructureBasis, b: np.ndarray, log_weights: np.ndarray,
-                       variance: np.ndarray) -> np.ndarray:
+                       variance: np.ndarray, folds: np.ndarray | None = None) -> np.ndarray:
     """Counts of each position predicted by the structure model fitted without its fold.
 
-    Four interleaved folds of positions (:func:`_folds`); the model keeps the given weights and
+    Four interleaved folds of positions (:func:`fold_of`); the model keeps the given weights and
     variances (those of the full fit): the held-out error of the model as chosen (refitting the
     weights on three quarters of the data adds noise).
 
@@ -74,6 +75,9 @@ def heldout_prediction(basis: StructureBasis, b: np.ndarray, log_weights: np.nda
         Log smoothness weights of the fields (:attr:`StructureFit.log_weights`).
     variance : ndarray (P,)
         Variance of each count (the full fit's fitted counts, floored at 1).
+    folds : ndarray (P,) int, optional
+        Fold of each position (default :func:`fold_of` of the basis' positions; a tile passes
+        those of the whole scan).
 
     Returns
     -------
@@ -82,7 +86,8 @@ def heldout_prediction(basis: StructureBasis, b: np.ndarray, log_weights: np.nda
     """
     with one_blas_thread():
         b = np.clip(np.asarray(b, dtype=float), 0.0, None)
-        folds = _folds(basis.positions_px, basis.spacing_px)
+        if folds is None:
+            folds = fold_of(basis.positions_px, basis.spacing_px)
         pred = np.full_like(b, np.nan)
         for k in np.unique(folds):
             test = folds == k
@@ -99,18 +104,32 @@ def heldout_prediction(basis: StructureBasis, b: np.ndarray, log_weights: np.nda
 
 def _blend(basis: StructureBasis, b, fit: StructureFit, rl_c, max_rl_iter: int):
     b = np.clip(np.asarray(b, dtype=float), 0.0, None)
-    folds = _folds(basis.positions_px, basis.spacing_px)
-    pred_s = np.nan_to_num(heldout_prediction(basis, b, fit.log_weights, np.maximum(fit.fitted, 1.0)))
+    folds = fold_of(basis.positions_px, basis.spacing_px)
+    pred_s = np.nan_to_num(heldout_prediction(basis, b, fit.log_weights, np.maximum(fit.fitted, 1.0), folds))
+    pred_r = rl_heldout_prediction(basis.intensity, basis.positions_px, basis.shape, b, folds, max_rl_iter)
+    return mix_with_richardson_lucy(b, fit.c, pred_s, rl_c, pred_r)
+
+
+def rl_heldout_prediction(intensity: np.ndarray, positions_px: np.ndarray, shape: tuple[int, int], b: np.ndarray,
+                          folds: np.ndarray, max_rl_iter: int = 500) -> np.ndarray:
+    """Counts of each position predicted by Richardson-Lucy fitted without its fold (0 for folds
+    with too few training positions)."""
     pred_r = np.zeros_like(b)
     for k in np.unique(folds):
         test = folds == k
         train = ~test
         if test.sum() == 0 or train.sum() < 8:
             continue
-        op_train = forward_operator(footprint_rows(basis.intensity, train), basis.positions_px[train], basis.shape)
+        op_train = forward_operator(footprint_rows(intensity, train), positions_px[train], shape)
         c_r = richardson_lucy(op_train, b[train], max_iter=max_rl_iter).c
-        pred_r[test] = forward_operator(footprint_rows(basis.intensity, test), basis.positions_px[test],
-                                        basis.shape).forward(c_r)
+        pred_r[test] = forward_operator(footprint_rows(intensity, test), positions_px[test], shape).forward(c_r)
+    return pred_r
+
+
+def mix_with_richardson_lucy(b: np.ndarray, c_s: np.ndarray, pred_s: np.ndarray, rl_c: np.ndarray,
+                             pred_r: np.ndarray) -> tuple[np.ndarray, float, dict]:
+    """The mix ``w c_s + (1 - w) c_RL`` whose held-out predictions fit the counts best (see
+    :func:`blend_with_richardson_lucy`), from both estimators' held-out predictions."""
     floor = 1e-6 * max(float(b.mean()), 1e-30)
 
     def held_out(w: float) -> float:
@@ -130,4 +149,4 @@ def _blend(basis: StructureBasis, b, fit: StructureFit, rl_c, max_rl_iter: int):
         w = 1.0
     info = {"heldout_deviance_structure": held_out(1.0) / b.size, "heldout_deviance_rl": held_out(0.0) / b.size,
             "heldout_deviance_mix": held_out(w) / b.size}
-    return w * fit.c + (1 - w) * np.asarray(rl_c, dtype=float), w, info
+    return w * np.asarray(c_s, dtype=float) + (1 - w) * np.asarray(rl_c, dtype=float), w, info

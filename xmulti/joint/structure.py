@@ -252,14 +252,29 @@ def _maximise_reml(gram, fixed, b, var, start: np.ndarray | None) -> np.ndarray:
     def cost(log_w):
         return -_reml(log_w, gram, fixed, b, var)[0]
 
-    def scale(k):
-        return np.log(max(np.trace(gram[k]), 1e-300) / max(np.sum(var), 1e-300))
+    scales = [np.log(max(np.trace(g), 1e-300) / max(np.sum(var), 1e-300)) for g in gram]
+    return maximise_log_weights(cost, scales, start)
 
+
+def maximise_log_weights(cost, scales: list[float], start: np.ndarray | None) -> np.ndarray:
+    """Minimise ``cost(log_w)`` (minus a restricted log likelihood): a coarse grid, then Nelder-Mead.
+
+    Parameters
+    ----------
+    cost : callable
+        Of the log weights (K,).
+    scales : list of float
+        Per field, the log weight at which its covariance matches the data variance in size
+        (``log(trace G_k / sum var)``): the centre of its grid.
+    start : ndarray (K,), optional
+        Starting log weights; NaN entries (default: all) are searched on the grid first.
+    """
     offsets = np.arange(-6.0, 13.0, 3.0)
-    start = np.full(len(gram), np.nan) if start is None else np.asarray(start, dtype=float)
+    n = len(scales)
+    start = np.full(n, np.nan) if start is None else np.asarray(start, dtype=float)
     free = np.flatnonzero(~np.isfinite(start))
-    if free.size == len(gram):  # everything free: a grid of every weight, centred on the first field's scale
-        axes = [scale(0) + offsets] * free.size
+    if free.size == n:  # everything free: a grid of every weight, centred on the first field's scale
+        axes = [scales[0] + offsets] * free.size
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, free.size)
         start = grid[int(np.argmin([cost(g) for g in grid]))]
     elif free.size:
@@ -269,7 +284,7 @@ def _maximise_reml(gram, fixed, b, var, start: np.ndarray | None) -> np.ndarray:
         best, best_cost = start, np.inf
         for k in [None, *np.flatnonzero(np.isfinite(start))]:
             dims = list(free) if k is None else [k, *free]
-            axes = [(start[d] + offsets - 3.0) if d == k else (scale(d) + offsets) for d in dims]
+            axes = [(start[d] + offsets - 3.0) if d == k else (scales[d] + offsets) for d in dims]
             grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(dims))
             for g in grid:
                 trial = start.copy()
@@ -330,6 +345,22 @@ def _structure_solve(basis: StructureBasis, b, passes: int, start=None) -> Struc
     rows = np.arange(len(b))
     log_w, beta, kir, fitted = _fit_rows(basis, b, rows, start, passes)
     value = _reml(log_w, basis.gram, basis.fixed, b, np.maximum(fitted, 1.0))[0]
+    c, coefficients = posterior_map(basis, log_w, beta, kir)
+    tiny = 1e-9 * max(float(b.mean()), 1e-30)
+    return StructureFit(c, log_w, fitted, poisson_deviance(b, np.maximum(fitted, tiny)), value, coefficients)
+
+
+def fitted_counts(basis: StructureBasis, log_w: np.ndarray, beta: np.ndarray, kir: np.ndarray) -> np.ndarray:
+    """The model's counts at the basis' positions: ``X beta + sum_k w_k G_k K^-1 r``."""
+    return basis.fixed @ beta + sum(g @ kir * np.exp(-lw) for g, lw in zip(basis.gram, log_w, strict=True))
+
+
+def posterior_map(basis: StructureBasis, log_w: np.ndarray, beta: np.ndarray, kir: np.ndarray
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Posterior mean map (counts, clipped at 0) and coefficient fields from a REML solution.
+
+    ``beta`` and ``kir`` are the fixed effects and ``K^-1 r`` of :func:`_reml` at ``log_w``.
+    """
     ky, kx = basis.coarse_shape
     c = np.zeros(basis.shape[0] * basis.shape[1])
     coefficients = {}
@@ -341,9 +372,7 @@ def _structure_solve(basis: StructureBasis, b, passes: int, start=None) -> Struc
         field_k = trend + np.exp(-log_w[i]) * sfft.idctn(z, type=2, norm="ortho").ravel()
         coefficients[name] = field_k.reshape(ky, kx)
         c += basis.features[i].ravel() * (basis.interp @ field_k)
-    tiny = 1e-9 * max(float(b.mean()), 1e-30)
-    return StructureFit(np.clip(c.reshape(basis.shape), 0.0, None), log_w, fitted,
-                        poisson_deviance(b, np.maximum(fitted, tiny)), value, coefficients)
+    return np.clip(c.reshape(basis.shape), 0.0, None), coefficients
 
 
 # least restricted log-likelihood gain of an added variance component (5 % level, boundary test)

@@ -1,0 +1,341 @@
+"""The structure model of resolution bridging on overlapping tiles: cost linear in the positions (pure numpy).
+
+The model of :mod:`xmulti.joint.structure` is fitted tile by tile (:mod:`xmulti.joint.bridge_tiles`:
+the positions of a core plus a halo of a few footprint radii, on the object window they see), and
+the tiles' maps are blended with weights that sum to 1. What is shared and what is local:
+
+- the smoothness weights (REML hyperparameters) of an element are *shared* by its tiles: they
+  maximise the sum of the tiles' restricted log likelihoods (a composite likelihood: B. G.
+  Lindsay, Contemp. Math. 80, 221 (1988); C. Varin, N. Reid & D. Firth, Stat. Sinica 21, 5
+  (2011)) over a bounded set of *search tiles*, those holding the most matter, up to about
+  ``search_positions`` positions. The search, by far the dearest part (hundreds of
+  evaluations), then costs the same whatever the scan size; every tile is then solved once per
+  variance pass at those weights. The halos count some positions in several tiles, so the
+  summed likelihood is scaled by the number of distinct positions over the number of members
+  before a likelihood-ratio test (:func:`select_features_tiled`);
+- the fixed effects (affine trends of the coefficient fields) and the posterior fields are
+  *local*: each tile has its own.
+
+Decisions made once per element, as in the untiled model: the compartment feature (likelihood
+ratio and enrichment on the search tiles) and the footprint power (held-out deviance on the
+search tiles' cores). The held-out predictions of the mix with Richardson-Lucy are made by every
+tile for its core positions, so the mix is chosen on every position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bridge_tiles import BridgeTile, stitch
+from .deconvolve import one_blas_thread
+from .footprint_op import footprint_rows, poisson_deviance
+from .heldout import fold_of, heldout_prediction, unit_deviance
+from .structure import (
+    StructureBasis,
+    _reml,
+    fitted_counts,
+    maximise_log_weights,
+    posterior_map,
+    structure_basis,
+    subset_basis,
+)
+
+__all__ = ["TiledBasis", "TiledFit", "tiled_basis", "search_fit", "complete_fit", "tiled_map", "tiled_heldout",
+           "select_features_tiled", "solve_structure_tiled"]
+
+
+@dataclass
+class TiledBasis:
+    """Structure bases of the tiles (built on first use) and which tiles choose the hyperparameters.
+
+    Attributes
+    ----------
+    tiles : list of BridgeTile
+    names : list of str
+        Feature names of the model (a tile's basis holds those not zero on its window).
+    intensity, positions_px, features, spacing_px, zero_mean : the inputs of
+        :func:`xmulti.joint.structure.structure_basis` for the whole scan.
+    search : list of int
+        Tiles whose summed restricted likelihood sets the shared weights.
+    shape : (ny, nx)
+        Object grid shape.
+    """
+
+    tiles: list[BridgeTile]
+    names: list[str]
+    intensity: np.ndarray
+    positions_px: np.ndarray
+    features: dict[str, np.ndarray]
+    spacing_px: float
+    zero_mean: tuple[str, ...]
+    search: list[int]
+    shape: tuple[int, int]
+    _bases: dict[int, StructureBasis] = field(default_factory=dict)
+
+    def basis(self, t: int) -> StructureBasis:
+        """Tile ``t``'s structure basis (on its window, positions relative to it)."""
+        if t not in self._bases:
+            tile = self.tiles[t]
+            local = {k: self.features[k][tile.window] for k in self.names}
+            pos = self.positions_px[tile.members] - np.asarray(tile.offset, dtype=float)
+            self._bases[t] = structure_basis(footprint_rows(self.intensity, tile.members), pos, local,
+                                             self.spacing_px, zero_mean=self.zero_mean)
+        return self._bases[t]
+
+    def index(self, t: int) -> np.ndarray:
+        """Positions in :attr:`names` of tile ``t``'s features."""
+        return np.array([self.names.index(n) for n in self.basis(t).names], dtype=int)
+
+    def subset(self, names: list[str]) -> TiledBasis:
+        """The model restricted to some features (the tiles' bases reused)."""
+        out = TiledBasis(self.tiles, [n for n in self.names if n in names], self.intensity, self.positions_px,
+                         self.features, self.spacing_px, self.zero_mean, self.search, self.shape)
+        for t, basis in self._bases.items():
+            out._bases[t] = subset_basis(basis, [n for n in basis.names if n in names])
+        return out
+
+    def overlap(self, tiles: list[int]) -> float:
+        """Members of ``tiles`` per distinct position (>= 1: halos shared by neighbours)."""
+        members = [self.tiles[t].members for t in tiles]
+        return sum(m.size for m in members) / max(np.unique(np.concatenate(members)).size, 1)
+
+
+@dataclass
+class TiledFit:
+    """Shared log weights (per name of the model) and each fitted tile's REML solution.
+
+    ``parts[t] = (beta, kir, fitted)`` of tile ``t``; ``reml``: summed restricted log likelihood
+    of the search tiles divided by their overlap (:meth:`TiledBasis.overlap`)."""
+
+    log_weights: np.ndarray
+    parts: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    reml: float
+
+
+def tiled_basis(intensity: np.ndarray, positions_px: np.ndarray, features: dict[str, np.ndarray],
+                tiles: list[BridgeTile], spacing_px: float, zero_mean: tuple[str, ...] = (),
+                search_positions: int = 1000) -> TiledBasis:
+    """The tiled structure model of one footprint: tiles, features and the search tiles.
+
+    Parameters
+    ----------
+    intensity : ndarray (N, M) or (P, N, M)
+        Footprint (normalised to sum 1), or one per position.
+    positions_px : ndarray (P, 2)
+        Beam centres as fractional object-pixel indices.
+    features : dict of str to ndarray (ny, nx)
+        :func:`xmulti.joint.guide.structure_features` of the whole grid (scaled once, globally).
+    tiles : list of BridgeTile
+        :func:`xmulti.joint.bridge_tiles.split_bridge_tiles`.
+    spacing_px : float
+        Coarse grid spacing of the coefficient fields (the same in every tile).
+    zero_mean : tuple of str
+        As :func:`xmulti.joint.structure.structure_basis`.
+    search_positions : int
+        Members of the search tiles, about (at least one tile): the tiles with the most matter
+        (the ``"matter"`` feature under their stitching weight) first.
+    """
+    names = [k for k in features if np.any(np.asarray(features[k]) != 0)]
+    shape = tuple(np.shape(features[names[0]]))
+    ranking = "matter" if "matter" in names else names[0]
+    content = [float(np.sum(t.weight * features[ranking][t.window])) for t in tiles]
+    search, total = [], 0
+    for t in np.argsort(content)[::-1]:
+        if search and total + tiles[t].members.size > search_positions:
+            break
+        search.append(int(t))
+        total += tiles[t].members.size
+    return TiledBasis(tiles, names, np.asarray(intensity, dtype=float), np.asarray(positions_px, dtype=float),
+                      {k: np.asarray(features[k], dtype=float) for k in names}, float(spacing_px), tuple(zero_mean),
+                      sorted(search), shape)
+
+
+def _solve_tile(tb: TiledBasis, t: int, b: np.ndarray, log_w: np.ndarray, var: np.ndarray):
+    basis = tb.basis(t)
+    lw = log_w[tb.index(t)]
+    value, solution = _reml(lw, basis.gram, basis.fixed, b[tb.tiles[t].members], var)
+    if solution is None:
+        return value, None
+    beta, kir = solution
+    return value, (beta, kir, fitted_counts(basis, lw, beta, kir))
+
+
+def search_fit(tb: TiledBasis, b: np.ndarray, start: np.ndarray | None = None, passes: int = 2) -> TiledFit:
+    """Shared log weights maximising the search tiles' summed restricted likelihood, and their fits.
+
+    As :func:`xmulti.joint.structure.structure_solve`: ``passes`` searches, the variance of
+    each count the data, then the fitted counts (floored at 1); ``start`` as there.
+    """
+    with one_blas_thread():
+        b = np.clip(np.asarray(b, dtype=float), 0.0, None)
+        search = tb.search
+        index = {t: tb.index(t) for t in search}
+        var = {t: np.maximum(b[tb.tiles[t].members], 1.0) for t in search}
+
+        def cost(log_w):
+            total = 0.0
+            for t in search:
+                basis = tb.basis(t)
+                total += _reml(log_w[index[t]], basis.gram, basis.fixed, b[tb.tiles[t].members], var[t])[0]
+            return -total
+
+        log_w = start
+        parts = {}
+        for _ in range(passes):
+            scales = []
+            for k in range(len(tb.names)):  # trace G_k / sum var over the tiles holding field k
+                trace = sum(float(np.trace(tb.basis(t).gram[list(index[t]).index(k)])) for t in search if k in index[t])
+                scales.append(np.log(max(trace, 1e-300) / max(sum(float(v.sum()) for v in var.values()), 1e-300)))
+            log_w = maximise_log_weights(cost, scales, log_w)
+            for t in search:
+                parts[t] = _solve_tile(tb, t, b, log_w, var[t])[1]
+                var[t] = np.maximum(parts[t][2], 1.0)  # Poisson: the variance is the mean
+        value = -cost(log_w) / tb.overlap(search)
+        return TiledFit(np.asarray(log_w, dtype=float), parts, float(value))
+
+
+def complete_fit(tb: TiledBasis, b: np.ndarray, fit: TiledFit, passes: int = 2,
+                 progress=None) -> TiledFit:
+    """The fit of every tile at the shared weights (tiles already fitted are kept).
+
+    ``progress(done, total)``, if given, is called after each tile."""
+    with one_blas_thread():
+        b = np.clip(np.asarray(b, dtype=float), 0.0, None)
+        parts = dict(fit.parts)
+        for t in range(len(tb.tiles)):
+            if t not in parts:
+                var = np.maximum(b[tb.tiles[t].members], 1.0)
+                for _ in range(passes):
+                    value, part = _solve_tile(tb, t, b, fit.log_weights, var)
+                    if part is None:
+                        raise np.linalg.LinAlgError(f"tile {t}: the data covariance is not positive definite")
+                    var = np.maximum(part[2], 1.0)
+                parts[t] = part
+            if progress is not None:
+                progress(t + 1, len(tb.tiles))
+        return TiledFit(fit.log_weights, parts, fit.reml)
+
+
+def tiled_map(tb: TiledBasis, fit: TiledFit) -> tuple[np.ndarray, np.ndarray]:
+    """Stitched map (counts on the object grid, >= 0) and fitted counts of every position (from its core's tile)."""
+    maps = []
+    fitted = np.zeros(len(tb.positions_px))
+    for t, tile in enumerate(tb.tiles):
+        beta, kir, fit_t = fit.parts[t]
+        maps.append(posterior_map(tb.basis(t), fit.log_weights[tb.index(t)], beta, kir)[0])
+        fitted[tile.members[tile.core]] = fit_t[tile.core]
+    return stitch(maps, tb.tiles, tb.shape), fitted
+
+
+def tiled_heldout(tb: TiledBasis, b: np.ndarray, fit: TiledFit, folds: np.ndarray,
+                  tiles: list[int] | None = None) -> np.ndarray:
+    """Held-out predictions of the core positions of ``tiles`` (default all fitted), NaN elsewhere
+    (:func:`xmulti.joint.heldout.heldout_prediction` in each tile, the scan's folds)."""
+    b = np.clip(np.asarray(b, dtype=float), 0.0, None)
+    pred = np.full(len(b), np.nan)
+    for t in (sorted(fit.parts) if tiles is None else tiles):
+        tile = tb.tiles[t]
+        p = heldout_prediction(tb.basis(t), b[tile.members], fit.log_weights[tb.index(t)],
+                               np.maximum(fit.parts[t][2], 1.0), folds[tile.members])
+        pred[tile.members[tile.core]] = p[tile.core]
+    return pred
+
+
+def _enrichment(tb: TiledBasis, fit: TiledFit, name: str) -> float:
+    """Feature-weighted mean of ``name``'s coefficient field over the search tiles (stitching weights)."""
+    num = den = 0.0
+    for t in tb.search:
+        basis = tb.basis(t)
+        if name not in basis.names:
+            continue
+        beta, kir, _ = fit.parts[t]
+        coefficient = posterior_map(basis, fit.log_weights[tb.index(t)], beta, kir)[1][name]
+        f = (tb.tiles[t].weight * basis.features[basis.names.index(name)]).ravel()
+        num += float(f @ (basis.interp @ coefficient.ravel()))
+        den += float(f.sum())
+    return num / max(den, 1e-300)
+
+
+# least restricted log-likelihood gain of an added variance component (as structure._LRT_GAIN)
+_LRT_GAIN = 1.35
+
+
+def select_features_tiled(tb: TiledBasis, b: np.ndarray, optional: tuple[str, ...] = ("compartment",),
+                          base_fit: TiledFit | None = None) -> tuple[TiledBasis, TiledFit, dict]:
+    """:func:`xmulti.joint.structure.select_features` on the search tiles: the optional features
+    kept when the composite restricted likelihood gains more than 1.35 and the element is enriched
+    in them. Returns the chosen model, its fit on the search tiles and the test's figures."""
+    b = np.clip(np.asarray(b, dtype=float), 0.0, None)
+    extra = [n for n in tb.names if n in optional]
+    base = tb.subset([n for n in tb.names if n not in optional]) if extra else tb
+    fit0 = search_fit(base, b) if base_fit is None else base_fit
+    if not extra:
+        return base, fit0, {}
+    start = np.array([fit0.log_weights[base.names.index(n)] if n in base.names else np.nan for n in tb.names])
+    fit1 = search_fit(tb, b, start)
+    positions = np.concatenate([tb.tiles[t].members[tb.tiles[t].core] for t in tb.search])
+    folds = _scan_folds(tb)
+    floor = 1e-6 * max(float(b.mean()), 1e-30)
+    dev = [unit_deviance(b[positions], np.nan_to_num(tiled_heldout(model, b, f, folds, tb.search)[positions]),
+                         floor).mean() for model, f in ((base, fit0), (tb, fit1))]
+    enrichment = {n: _enrichment(tb, fit1, n) for n in extra}
+    info = {"heldout_deviance_base": float(dev[0]), "heldout_deviance_full": float(dev[1]),
+            "restricted_log_likelihood_gain": float(fit1.reml - fit0.reml),
+            **{f"{n}_coefficient_mean": v for n, v in enrichment.items()}}
+    if fit1.reml - fit0.reml > _LRT_GAIN and all(v > 0 for v in enrichment.values()):
+        return tb, fit1, info
+    return base, fit0, info
+
+
+def _scan_folds(tb: TiledBasis) -> np.ndarray:
+    return fold_of(tb.positions_px, tb.spacing_px)
+
+
+def solve_structure_tiled(tb: TiledBasis, b: np.ndarray, op, optional: tuple[str, ...], max_rl_iter: int,
+                          blend: bool, base_fit: TiledFit | None = None, progress=None) -> tuple[np.ndarray, dict]:
+    """One element by the tiled structure model (and its mix with Richardson-Lucy): map and attributes.
+
+    The untiled counterpart is ``bridge._solve_structure``: the optional features are chosen on
+    the search tiles (:func:`select_features_tiled`), every tile is solved at the shared
+    weights, the maps are stitched, and with ``blend`` the mix with Richardson-Lucy (on the whole
+    grid, ``op``) is chosen by the held-out predictions of every position
+    (:func:`xmulti.joint.heldout.mix_with_richardson_lucy`).
+
+    Parameters
+    ----------
+    tb : TiledBasis
+        With every feature offered (the optional ones ``zero_mean``).
+    b : ndarray (P,)
+        Counts (equivalent counts).
+    op : FootprintOperator
+        The footprint operator of the positions (Richardson-Lucy and the final deviance).
+    optional : tuple of str
+    max_rl_iter : int
+    blend : bool
+    base_fit : TiledFit, optional
+        The base model's fit on the search tiles, if already made.
+    progress : callable, optional
+        ``progress(done, total)`` after each tile solved.
+    """
+    from .deconvolve import richardson_lucy
+    from .heldout import mix_with_richardson_lucy, rl_heldout_prediction
+
+    b = np.clip(np.asarray(b, dtype=float), 0.0, None)
+    model, fit, chosen = select_features_tiled(tb, b, optional, base_fit)
+    fit = complete_fit(model, b, fit, progress=progress)
+    c, fitted = tiled_map(model, fit)
+    tiny = 1e-9 * max(float(b.mean()), 1e-30)
+    attrs = {"regularisation_weights_log": [float(v) for v in fit.log_weights], "features": list(model.names),
+             "restricted_log_likelihood": fit.reml, "poisson_deviance": poisson_deviance(b, np.maximum(fitted, tiny)),
+             "structure_weight": 1.0, "tiles": len(tb.tiles), "search_tiles": len(tb.search), **chosen}
+    if blend:
+        with one_blas_thread():
+            folds = _scan_folds(tb)
+            pred_s = np.nan_to_num(tiled_heldout(model, b, fit, folds))
+            rl = richardson_lucy(op, b, max_iter=max_rl_iter)
+            pred_r = rl_heldout_prediction(tb.intensity, tb.positions_px, tb.shape, b, folds, max_rl_iter)
+            c, w, info = mix_with_richardson_lucy(b, c, pred_s, rl.c, pred_r)
+        attrs.update(info, structure_weight=w, poisson_deviance=poisson_deviance(b, op.forward(c) + 1e-12))
+    return c, attrs
