@@ -66,6 +66,20 @@ def test_gaussian_centroids_at_xraylib_energies(symbol, detector):
         assert abs(found - truth) / local_gain < 0.05, (names, found, truth)
 
 
+def test_gaussian_only_is_the_documented_resolution():
+    """Pure Gaussians of sigma^2 = (FWHM_OFFSET / 2.3548)^2 + 3.58 E FANOPRIME, checked against
+    exact channel integrals (erf differences at the channel edges)."""
+    from scipy.special import erf
+
+    spectrum = independent_spectrum({"Ca": 1e6}, 10.0, detector=DET, noise=False)
+    edges = DET.energy_keV(np.arange(DET.n_channels + 1) - 0.5)
+    exact = np.zeros(DET.n_channels)
+    for line in spectrum.lines:
+        sigma = np.sqrt((0.1 / 2.3548) ** 2 + 3.58 * line.energy_keV * 1.2e-4)
+        exact += 1e6 * line.fraction * np.diff(0.5 * (1 + erf((edges - line.energy_keV) / (np.sqrt(2) * sigma))))
+    assert np.max(np.abs(spectrum.expected - exact)) < 1e-4 * exact.max()
+
+
 def test_total_counts_are_the_given_counts():
     shape = PeakShape(tail_fraction=0.1, tail_gamma=3.0, step_fraction=0.01, shelf_fraction=0.02, escape_fraction=0.01)
     counts = {"S": 2e5, "Fe": 1e6, "Zn": 3e5}
