@@ -61,6 +61,8 @@ __all__ = [
     "detector_efficiency",
     "compton_energy_keV",
     "element_response",
+    "relative_sensitivity",
+    "counts_from_concentrations",
     "independent_spectrum",
     "independent_map",
     "smooth_fields",
@@ -312,10 +314,11 @@ def detector_efficiency(energy_keV, detector: Detector) -> np.ndarray:
     e = np.atleast_1d(np.asarray(energy_keV, dtype=float))
     out = np.zeros_like(e)
     for i, energy in enumerate(e):
-        if energy <= 0.05:
+        try:
+            mu_be = xraylib.CS_Total(4, float(energy))
+            mu_si = xraylib.CS_Total(14, float(energy))
+        except ValueError:  # below xraylib's tables (~0.1 keV): absorbed before the crystal
             continue
-        mu_be = xraylib.CS_Total(4, float(energy))
-        mu_si = xraylib.CS_Total(14, float(energy))
         window = np.exp(-mu_be * _RHO_BE_G_CM3 * detector.be_window_um * 1e-4)
         dead = np.exp(-mu_si * _RHO_SI_G_CM3 * detector.si_dead_layer_um * 1e-4)
         out[i] = window * dead * -np.expm1(-mu_si * _RHO_SI_G_CM3 * detector.si_thickness_um * 1e-4)
@@ -418,13 +421,15 @@ def element_lines(
     ]
 
 
-def relative_sensitivity(symbol: str, incident_energy_keV: float, detector: Detector) -> float:
+def relative_sensitivity(
+    symbol: str, incident_energy_keV: float, detector: Detector, min_energy_keV: float = 0.2
+) -> float:
     """Detected photons per unit mass fraction (arbitrary common units): photoelectric cross
     section ``CS_Photo`` (cm2/g) times the detected photons per photoabsorption."""
     import xraylib
 
     z = _z(symbol)
-    raw = _emitted_lines(str(symbol), float(incident_energy_keV))
+    raw = [r for r in _emitted_lines(str(symbol), float(incident_energy_keV)) if r[2] >= min_energy_keV]
     if not raw:
         return 0.0
     energies = np.array([r[2] for r in raw])
