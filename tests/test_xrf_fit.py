@@ -392,8 +392,10 @@ def test_cli_quantifies_against_a_standard(tmp_path, capsys):
     assert code == 0
     assert "areal density (ug/cm2)" in capsys.readouterr().out
     density = xr.open_datatree(store, engine="zarr")["xrf/areal_density"].ds
-    assert float(density["K"].mean()) == pytest.approx(1.5, rel=1e-4)
-    assert float(density["Fe"].mean()) == pytest.approx(0.08, rel=1e-4)
+    # the standard is fitted with its own elements (K, Fe), the sample with seven: the same
+    # scan's K and Fe differ by about 1.5 % between the two fits
+    assert float(density["K"].mean()) == pytest.approx(1.5, rel=0.05)
+    assert float(density["Fe"].mean()) == pytest.approx(0.08, rel=0.05)
     assert density["Zn"].attrs["units"] == "ug/cm2" and np.isfinite(density["Zn"].values).all()
     assert density["Zn"].attrs["sensitivity"] > 0
 

@@ -39,6 +39,11 @@ class XRFOptions:
         MAPS ``maps_standardinfo.txt`` with the standard's certified areal densities.
     standard_densities : dict of str to float or None
         The certified areal densities (ug/cm2) given directly, instead of ``standard_info``.
+    standard_calibration : str or None
+        A saved standard calibration (JSON, :mod:`xmulti.xrf.standard`): applied as is without
+        ``standard``; with ``standard``, the file where its calibration is kept and reused while
+        the standard's scan (checksum), densities and fit options are unchanged (``xmulti run``
+        sets it to ``RESULTS.zarr.standard-calibration.json`` beside the store).
     """
 
     elements: list[str] | None = None
@@ -46,6 +51,7 @@ class XRFOptions:
     standard: str | None = None
     standard_info: str | None = None
     standard_densities: dict[str, float] | None = None
+    standard_calibration: str | None = None
 
     def check(self) -> None:
         if self.background not in ("linear", "snip"):

@@ -18,6 +18,7 @@ from .options import CorrelateOptions, PtychoOptions, XRFOptions
 
 __all__ = [
     "fit_xrf_groups",
+    "standard_calibration_for",
     "reconstruct_groups",
     "correlate_groups",
     "load_phase_and_maps",
@@ -50,9 +51,16 @@ def _persist_with_progress(ds, client, log):
 
 
 def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """``/xrf/elemental_maps`` (one variable per element) and ``/xrf/fit`` (diagnostics)."""
+    """``/xrf/elemental_maps`` (one variable per element) and ``/xrf/fit`` (diagnostics); with a
+    standard (``options.standard`` or ``options.standard_calibration``) ``/xrf/areal_density``.
+
+    The standard's calibration is settled first (loaded, reused from its file, or fitted with
+    the standard's own elements, :func:`standard_calibration_for`), so a refused standard costs
+    no sample fit.
+    """
     from .xrf.maps import fit_xrf
 
+    standard = standard_calibration_for(tree, options, log)
     result = fit_xrf(tree, elements=options.elements, background=options.background)
     result = _persist_with_progress(result, client, log)
     symbols = set(result.attrs.get("elements", []))
@@ -61,16 +69,57 @@ def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], 
     maps.attrs = dict(result.attrs)
     diagnostics = result.drop_vars(element_vars)
     groups = {"/xrf/elemental_maps": maps, "/xrf/fit": diagnostics}
-    if options.standard is not None:
-        from .xrf.standard import quantify_against_standard, read_standard_info
+    if standard is not None:
+        from .xrf.standard import quantify_maps, scan_geometry
 
-        densities = (read_standard_info(options.standard_info) if options.standard_info is not None
-                     else dict(options.standard_densities))
-        if log is not None:
-            log(f"  fit-xrf: quantifying against the standard {options.standard}")
-        groups["/xrf/areal_density"] = quantify_against_standard(
-            result, result.attrs.get("elements", []), options.standard, densities, background=options.background)
+        groups["/xrf/areal_density"] = quantify_maps(result, standard, scan_geometry(tree))
     return groups
+
+
+def standard_calibration_for(tree, options: XRFOptions, log: Callable[[str], None] | None = None):
+    """The standard's calibration the fit-xrf stage applies to ``tree``, or None without a standard.
+
+    ``standard_calibration`` alone: the saved file, checked against the scan's incident energy
+    and geometry. ``standard`` (with its densities): its scan checked the same way first, then
+    its calibration reused from ``standard_calibration`` when that file matches, else fitted
+    with the standard's own elements (and saved there when a path is given).
+    """
+    from .xrf.standard import (
+        cached_standard_calibration,
+        check_compatible,
+        check_standard_scan,
+        fit_standard,
+        load_standard_calibration,
+        read_standard_info,
+        scan_energy_keV,
+        scan_geometry,
+    )
+
+    def say(line: str) -> None:
+        if log is not None:
+            log(f"  fit-xrf: {line}")
+
+    energy, geometry = scan_energy_keV(tree), scan_geometry(tree)
+    sample = str(tree.attrs.get("source") or "the scan")
+    if options.standard is None:
+        if options.standard_calibration is None:
+            return None
+        standard = load_standard_calibration(options.standard_calibration)
+        check_compatible(standard, energy, geometry, sample=sample)
+        say(f"standard: applying {options.standard_calibration}")
+        return standard
+    densities = (read_standard_info(options.standard_info) if options.standard_info is not None
+                 else dict(options.standard_densities))
+    check_standard_scan(options.standard, energy, geometry, sample=sample)
+    fit_options = {"background": options.background}
+    if options.standard_calibration is not None:
+        standard = cached_standard_calibration(options.standard, densities, options.standard_calibration,
+                                               standard_info=options.standard_info, log=say, **fit_options)
+    else:
+        standard = fit_standard(options.standard, densities, standard_info=options.standard_info, log=say,
+                                **fit_options)
+    check_compatible(standard, energy, geometry, sample=sample)
+    return standard
 
 
 def reconstruct_groups(tree, options: PtychoOptions, client=None, log: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -10,6 +10,8 @@ per-element summary.
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -40,11 +42,20 @@ def register(subparsers) -> None:
     parser.add_argument("--pileup", action="store_true", help="fit a pile-up (sum peak) component")
     parser.add_argument("--no-normalize", action="store_true", help="keep raw counts (no i0 / dead time)")
     parser.add_argument("--chunks", type=int, help="positions per Dask chunk (default: about 64 MB)")
-    quant = parser.add_argument_group("quantification against a thin-film standard (writes /xrf/areal_density)")
+    quant = parser.add_argument_group(
+        "quantification against a thin-film standard (writes /xrf/areal_density)",
+        "Either apply a saved calibration (--standard-calibration FILE, made by `xmulti standard` or "
+        "by an earlier --standard run), or fit the standard's scan with its own elements "
+        "(--standard with --standard-info or --standard-densities); its calibration is then saved "
+        "beside the results store (RESULTS.zarr.standard-calibration.json, or the "
+        "--standard-calibration FILE given) and reused while the standard's scan is unchanged.",
+    )
     quant.add_argument("--standard", metavar="STANDARD.h5", help="scan of the standard (combined layout, with i0)")
     quant.add_argument("--standard-info", metavar="FILE", help="MAPS maps_standardinfo.txt with the certified densities")
     quant.add_argument("--standard-densities", metavar="El=UG_CM2,...",
                        help="certified areal densities, e.g. Ca=1.931,Fe=0.504,Cu=0.284 (ug/cm2)")
+    quant.add_argument("--standard-calibration", metavar="FILE",
+                       help="saved standard calibration (JSON) to apply; with --standard, where it is kept")
     parser.set_defaults(func=run)
 
 
@@ -55,22 +66,53 @@ def write_results(store, group: str, dataset, provenance: dict) -> None:
     write_group(store, group, dataset, provenance=provenance)
 
 
+def standard_cache_path(out: str | os.PathLike) -> Path:
+    """Where ``--standard`` keeps the standard's calibration: beside the results store."""
+    out = Path(out)
+    return out.with_name(out.name + ".standard-calibration.json")
+
+
+def _log(line: str) -> None:
+    import sys
+
+    print(f"fit-xrf: {line}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Fit the scan and write the results; returns the exit code."""
+    import time
+
     import numpy as np
 
     from ..errors import InvalidInputError
     from ..io.results import provenance
     from ..io.scan import open_scan
     from ..xrf.maps import calibrate_scan, calibration_diagnostics, fit_xrf
+    from ..xrf.standard import (
+        cached_standard_calibration,
+        check_compatible,
+        check_standard_scan,
+        load_standard_calibration,
+        quantify_maps,
+        scan_energy_keV,
+        scan_geometry,
+    )
 
     elements = None
     if args.elements:
         elements = [e.strip() for e in args.elements.split(",") if e.strip()]
         if not elements:
             raise InvalidInputError("--elements is empty")
-    densities = _standard_densities(args)
+    densities = _standard_densities(args)  # every standard argument checked before any work
+    if args.no_normalize and (densities is not None or args.standard_calibration is not None):
+        raise InvalidInputError("areal densities need maps normalised by i0: drop --no-normalize")
+    saved = None
+    if densities is None and args.standard_calibration is not None:
+        saved = load_standard_calibration(args.standard_calibration)
+    energy_range = tuple(args.energy_range) if args.energy_range else None
+    _log(f"opening {args.scan}")
     tree = open_scan(args.scan, chunks=args.chunks)
+    energy, geometry = scan_energy_keV(tree), scan_geometry(tree)
     options = {
         "elements": elements,
         "background": args.background,
@@ -79,12 +121,32 @@ def run(args: argparse.Namespace) -> int:
         "normalize": not args.no_normalize,
         "pileup": args.pileup,
     }
-    if densities is not None:
-        options.update(standard=str(args.standard), standard_densities=densities)
-    energy_range = tuple(args.energy_range) if args.energy_range else None
+    standard = None
+    if saved is not None:
+        check_compatible(saved, energy, geometry, sample=args.scan)
+        standard = saved
+        _log(f"standard: applying {args.standard_calibration} (measured on "
+             f"{saved.metadata['provenance'].get('standard_scan')}, not refitted)")
+        options.update(standard_calibration=str(args.standard_calibration))
+    elif densities is not None:
+        check_standard_scan(args.standard, energy, geometry, sample=args.scan)  # before minutes of fitting
+        cache = args.standard_calibration or standard_cache_path(args.out)
+        # the standard is fitted with its own elements, with the sample's model options
+        standard = cached_standard_calibration(
+            args.standard, densities, cache, standard_info=args.standard_info, log=_log,
+            background=args.background, n_continuum=args.n_continuum, energy_range_keV=energy_range,
+            pileup=args.pileup,
+        )
+        check_compatible(standard, energy, geometry, sample=args.scan)
+        options.update(standard=str(args.standard), standard_densities=densities, standard_calibration=str(cache))
+
+    _log(f"calibrating the detector on the summed spectrum of {tree['xrf'].ds.sizes['position']} spectra")
+    start = time.perf_counter()
     result = calibrate_scan(
         tree, elements, n_continuum=args.n_continuum, energy_range_keV=energy_range, pileup=args.pileup
     )
+    _log(f"calibrated in {time.perf_counter() - start:.1f} s ({', '.join(result.elements)}); fitting every pixel")
+    start = time.perf_counter()
     maps = fit_xrf(
         tree,
         result.elements,
@@ -94,21 +156,17 @@ def run(args: argparse.Namespace) -> int:
         n_continuum=args.n_continuum,
         energy_range_keV=energy_range,
     ).compute()
+    _log(f"fitted the pixels in {time.perf_counter() - start:.1f} s")
     element_names = [n for n in maps.data_vars if maps[n].attrs.get("component") == "element"
                      and not n.endswith(("_nonneg", "_sigma"))]
+    density = quantify_maps(maps, standard, geometry) if standard is not None else None
     prov = provenance("fit-xrf", options, args.scan)
     elemental = maps[element_names]
     write_results(args.out, "/xrf/elemental_maps", elemental, prov)
     diagnostics = maps.drop_vars(element_names).merge(calibration_diagnostics(result))
     diagnostics.attrs = {**maps.attrs, **diagnostics.attrs}
     write_results(args.out, "/xrf/fit", diagnostics, prov)
-    density = None
-    if densities is not None:
-        from ..xrf.standard import quantify_against_standard
-
-        density = quantify_against_standard(maps, result.elements, args.standard, densities,
-                                            background=args.background, n_continuum=args.n_continuum,
-                                            energy_range_keV=energy_range)
+    if density is not None:
         write_results(args.out, "/xrf/areal_density", density, prov)
 
     cal = result.calibration

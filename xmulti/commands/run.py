@@ -68,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     validate_scan(args.scan)
     store = check_output_path(args.out)
+    if options.xrf.standard is not None and options.xrf.standard_calibration is None:
+        # the standard's calibration is fitted once and kept beside the store for the next runs
+        from .fit_xrf import standard_cache_path
+
+        options = options.override("xrf", standard_calibration=str(standard_cache_path(store)))
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -16,7 +16,8 @@ Self-absorption in the sample is not corrected (see ``docs/JOINT.md``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,13 @@ class StandardCalibration:
     log_k_by_z : tuple of (ndarray, ndarray)
         Atomic numbers and ``log(measured / physical_sensitivity)`` for interpolation.
     be_window_um, si_thickness_mm : float
+    measured_sigma : dict of str to float
+        1-sigma uncertainties of ``measured`` (same units; empty when unknown).
+    densities_ug_cm2 : dict of str to float
+        The certified areal densities the sensitivities were measured with.
+    metadata : dict
+        What a saved calibration records besides (energy calibration, fitted elements,
+        geometry, fit options, provenance): see :mod:`xmulti.xrf.standard`.
     """
 
     incident_energy_keV: float
@@ -67,6 +75,9 @@ class StandardCalibration:
     log_k_by_z: tuple[np.ndarray, np.ndarray]
     be_window_um: float = 8.0
     si_thickness_mm: float = 0.35
+    measured_sigma: dict[str, float] = field(default_factory=dict)
+    densities_ug_cm2: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def sensitivity(self, symbol: str) -> float:
         """Counts per (ug/cm2) per unit i0 of an element (measured, or interpolated over Z)."""
@@ -85,6 +96,7 @@ def calibrate_standard(
     incident_energy_keV: float,
     be_window_um: float = 8.0,
     si_thickness_mm: float = 0.35,
+    fitted_sigma: Mapping[str, float] | None = None,
 ) -> StandardCalibration:
     """Sensitivities from a fitted standard.
 
@@ -98,6 +110,8 @@ def calibrate_standard(
     incident_energy_keV : float
     be_window_um, si_thickness_mm : float
         Detector, for the physical shape over Z.
+    fitted_sigma : mapping of str to float, optional
+        1-sigma uncertainties of ``fitted_counts`` (same units), carried to the sensitivities.
 
     Returns
     -------
@@ -106,7 +120,7 @@ def calibrate_standard(
     common = [el for el in areal_density_ug_cm2 if el in fitted_counts]
     if not common:
         raise InvalidInputError("the standard shares no element with the fitted counts")
-    measured = {}
+    measured, measured_sigma = {}, {}
     for el in common:
         density = float(areal_density_ug_cm2[el])
         counts = float(fitted_counts[el])
@@ -116,6 +130,8 @@ def calibrate_standard(
                 f"{density} ug/cm2 and {counts}"
             )
         measured[el] = counts / density
+        if fitted_sigma is not None and el in fitted_sigma:
+            measured_sigma[el] = float(fitted_sigma[el]) / density
     z = np.array([physics.atomic_number(el) for el in common], dtype=float)
     log_k = np.array(
         [
@@ -130,6 +146,8 @@ def calibrate_standard(
         log_k_by_z=(z[order], log_k[order]),
         be_window_um=be_window_um,
         si_thickness_mm=si_thickness_mm,
+        measured_sigma=measured_sigma,
+        densities_ug_cm2={el: float(areal_density_ug_cm2[el]) for el in common},
     )
 
 
