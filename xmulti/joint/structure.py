@@ -216,12 +216,18 @@ def _structure_basis(intensity, positions_px, features, spacing_px, zero_mean=()
     return out
 
 
-def _reml(log_w: np.ndarray, gram: list[np.ndarray], fixed: np.ndarray, b: np.ndarray, var: np.ndarray):
+def _reml(log_w: np.ndarray, gram: list[np.ndarray], fixed: np.ndarray, b: np.ndarray, var: np.ndarray,
+          gradient: bool = False):
     """Restricted log marginal likelihood (up to a constant) and what the posterior mean needs.
 
     ``K = diag(var) + sum_k exp(-log_w_k) G_k`` is assembled in place and factored by LAPACK
     without copies, and ``K^-1 [b, X]`` is one LAPACK call: the search calls this thousands
     of times per element, and the temporaries of the plain expression took a third of its time.
+
+    With ``gradient``, also the derivatives of the value by the log weights (third element):
+    ``d/d log_w_k = w_k / 2 [tr(P G_k) - r^T K^-1 G_k K^-1 r]`` with ``P = K^-1 - K^-1 X (X^T K^-1
+    X)^-1 X^T K^-1`` (Harville, J. Am. Stat. Assoc. 72, 320 (1977)); ``K^-1`` from the Cholesky
+    factor costs about two more factorisations.
     """
     n = len(b)
     flat = np.diag(var).reshape(-1)
@@ -231,7 +237,7 @@ def _reml(log_w: np.ndarray, gram: list[np.ndarray], fixed: np.ndarray, b: np.nd
     # k is symmetric, so its transpose (Fortran order, no copy) can be factored in place
     chol, info = lapack.dpotrf(k.T, lower=True, overwrite_a=True, clean=False)
     if info != 0:
-        return -np.inf, None
+        return (-np.inf, None, None) if gradient else (-np.inf, None)
     rhs = np.empty((n, 1 + fixed.shape[1]), order="F")
     rhs[:, 0] = b
     rhs[:, 1:] = fixed
@@ -240,11 +246,20 @@ def _reml(log_w: np.ndarray, gram: list[np.ndarray], fixed: np.ndarray, b: np.nd
     try:
         fkf = linalg.cho_factor(fixed.T @ kif, lower=True, check_finite=False)
     except linalg.LinAlgError:
-        return -np.inf, None
+        return (-np.inf, None, None) if gradient else (-np.inf, None)
     beta = linalg.cho_solve(fkf, fixed.T @ kib, check_finite=False)
     kir = kib - kif @ beta
     value = -(np.sum(np.log(chol.diagonal())) + np.sum(np.log(np.diag(fkf[0])))) - 0.5 * float((b - fixed @ beta) @ kir)
-    return float(value), (beta, kir)
+    if not gradient:
+        return float(value), (beta, kir)
+    inverse, info = lapack.dpotri(chol, lower=True, overwrite_c=True)
+    inverse = np.tril(inverse) + np.tril(inverse, -1).T
+    m = linalg.cho_solve(fkf, kif.T, check_finite=False)  # (X^T K^-1 X)^-1 X^T K^-1
+    grad = np.empty(len(gram))
+    for i, (g, lw) in enumerate(zip(gram, log_w, strict=True)):
+        trace = float(np.sum(inverse * g)) - float(np.sum((g @ kif) * m.T))
+        grad[i] = 0.5 * np.exp(-lw) * (trace - float(kir @ (g @ kir)))
+    return float(value), (beta, kir), grad
 
 
 def _maximise_reml(gram, fixed, b, var, start: np.ndarray | None) -> np.ndarray:
@@ -252,11 +267,16 @@ def _maximise_reml(gram, fixed, b, var, start: np.ndarray | None) -> np.ndarray:
     def cost(log_w):
         return -_reml(log_w, gram, fixed, b, var)[0]
 
+    def cost_and_gradient(log_w):
+        value, _, grad = _reml(log_w, gram, fixed, b, var, gradient=True)
+        return -value, (-grad if grad is not None else np.zeros(len(log_w)))
+
     scales = [np.log(max(np.trace(g), 1e-300) / max(np.sum(var), 1e-300)) for g in gram]
-    return maximise_log_weights(cost, scales, start)
+    return maximise_log_weights(cost, scales, start, cost_and_gradient)
 
 
-def maximise_log_weights(cost, scales: list[float], start: np.ndarray | None) -> np.ndarray:
+def maximise_log_weights(cost, scales: list[float], start: np.ndarray | None,
+                         cost_and_gradient=None) -> np.ndarray:
     """Minimise ``cost(log_w)`` (minus a restricted log likelihood): a coarse grid, then Nelder-Mead.
 
     Parameters
@@ -268,12 +288,17 @@ def maximise_log_weights(cost, scales: list[float], start: np.ndarray | None) ->
         (``log(trace G_k / sum var)``): the centre of its grid.
     start : ndarray (K,), optional
         Starting log weights; NaN entries (default: all) are searched on the grid first.
+    cost_and_gradient : callable, optional
+        ``(cost, gradient)`` of the log weights: the grid's best point is then refined by
+        L-BFGS-B (a few tens of evaluations) instead of Nelder-Mead (a few hundred).
     """
     offsets = np.arange(-6.0, 13.0, 3.0)
     n = len(scales)
     start = np.full(n, np.nan) if start is None else np.asarray(start, dtype=float)
     free = np.flatnonzero(~np.isfinite(start))
-    if free.size == n:  # everything free: a grid of every weight, centred on the first field's scale
+    if cost_and_gradient is not None and free.size:
+        start = _coordinate_grid(cost, scales, start, free, offsets)
+    elif free.size == n:  # everything free: a grid of every weight, centred on the first field's scale
         axes = [scales[0] + offsets] * free.size
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, free.size)
         start = grid[int(np.argmin([cost(g) for g in grid]))]
@@ -293,9 +318,45 @@ def maximise_log_weights(cost, scales: list[float], start: np.ndarray | None) ->
                 if value < best_cost:
                     best, best_cost = trial, value
         start = best
-    res = optimize.minimize(cost, np.asarray(start, float), method="Nelder-Mead",
+    start = np.asarray(start, float)
+    if cost_and_gradient is not None and np.isfinite(cost(start)):
+        # bounds: a field 30 e-folds from the start is gone (or free) for every purpose
+        res = optimize.minimize(cost_and_gradient, start, jac=True, method="L-BFGS-B",
+                                bounds=[(v - 30.0, v + 30.0) for v in start],
+                                options={"maxiter": 200, "ftol": 1e-10, "gtol": 1e-4})
+        return np.asarray(res.x)
+    res = optimize.minimize(cost, start, method="Nelder-Mead",
                             options={"xatol": 0.05, "fatol": 0.01, "maxfev": 400})
     return np.asarray(res.x)
+
+
+def _coordinate_grid(cost, scales, start: np.ndarray, free: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Coarse start of a gradient search: the grid's values one weight at a time (two sweeps).
+
+    Free weights start at their own fields' scale (+3, the grid's middle) and sweep their
+    grids; given weights then sweep ``start +- 9``, then the free ones again: a few tens of
+    evaluations where the full grid of every weight costs ``7^K``; the gradient search that
+    follows resolves what the sweeps leave coupled (e.g. compartments against the matter).
+    """
+    point = start.copy()
+    point[free] = [scales[d] + 3.0 for d in free]
+    best_cost = cost(point)
+    given = np.flatnonzero(np.isfinite(start))
+    if given.size == 0:
+        order = [*free, *free]
+    else:
+        order = [*free, *given, *free]
+    for d in order:
+        axis = (scales[d] + offsets) if d in free else (start[d] + offsets - 3.0)
+        for v in axis:
+            if v == point[d]:
+                continue
+            trial = point.copy()
+            trial[d] = v
+            value = cost(trial)
+            if value < best_cost:
+                point, best_cost = trial, value
+    return point
 
 
 def _fit_rows(basis: StructureBasis, b: np.ndarray, rows: np.ndarray, start, passes: int):

@@ -181,6 +181,17 @@ def search_fit(tb: TiledBasis, b: np.ndarray, start: np.ndarray | None = None, p
                 total += _reml(log_w[index[t]], basis.gram, basis.fixed, b[tb.tiles[t].members], var[t])[0]
             return -total
 
+        def cost_and_gradient(log_w):
+            total, grad = 0.0, np.zeros(len(log_w))
+            for t in search:
+                basis = tb.basis(t)
+                value, _, g = _reml(log_w[index[t]], basis.gram, basis.fixed, b[tb.tiles[t].members], var[t], True)
+                if g is None:
+                    return np.inf, grad
+                total += value
+                grad[index[t]] += g
+            return -total, -grad
+
         log_w = start
         parts = {}
         for _ in range(passes):
@@ -188,7 +199,7 @@ def search_fit(tb: TiledBasis, b: np.ndarray, start: np.ndarray | None = None, p
             for k in range(len(tb.names)):  # trace G_k / sum var over the tiles holding field k
                 trace = sum(float(np.trace(tb.basis(t).gram[list(index[t]).index(k)])) for t in search if k in index[t])
                 scales.append(np.log(max(trace, 1e-300) / max(sum(float(v.sum()) for v in var.values()), 1e-300)))
-            log_w = maximise_log_weights(cost, scales, log_w)
+            log_w = maximise_log_weights(cost, scales, log_w, cost_and_gradient)
             for t in search:
                 parts[t] = _solve_tile(tb, t, b, log_w, var[t])[1]
                 var[t] = np.maximum(parts[t][2], 1.0)  # Poisson: the variance is the mean
