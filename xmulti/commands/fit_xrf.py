@@ -5,6 +5,15 @@ model), writes ``/xrf/elemental_maps/<El>`` (the unconstrained maps, same paths 
 layout) and ``/xrf/fit`` (non-negative maps, uncertainties, chi-square, scatter,
 continuum, total counts, and the summed-spectrum fit) to a Zarr results store, and prints a
 per-element summary.
+
+With a thin-film standard it also writes ``/xrf/areal_density`` (ug/cm2):
+``--standard-calibration FILE`` applies a saved calibration (``xmulti standard``) without
+refitting; ``--standard STANDARD.h5`` with ``--standard-info`` / ``--standard-densities`` fits the
+standard with its own elements, keeps its calibration beside the store
+(``RESULTS.zarr.standard-calibration.json``, or the ``--standard-calibration FILE`` given) and
+reuses it on the next call while the standard's scan is unchanged. The standard is settled, and
+checked against the scan's incident energy and geometry, before the scan is fitted: a refused
+standard writes nothing. Steps are logged to stderr, one line each.
 """
 
 from __future__ import annotations
