@@ -269,3 +269,18 @@ def test_run_keeps_the_standard_calibration_beside_the_store(scans, tmp_path, ca
     err = capsys.readouterr().err
     assert "standard: reusing" in err and "standard: fitting" not in err
     np.testing.assert_array_equal(first["Fe"].values, _areal_density(store)["Fe"].values)
+
+
+def test_cache_never_overwrites_what_is_not_its_own(scans, tmp_path):
+    from xmulti.xrf.standard import cached_standard_calibration
+
+    foreign = tmp_path / "notes.json"
+    foreign.write_text('{"my": "notes"}')
+    with pytest.raises(InvalidInputError, match="notes.json: format"):
+        cached_standard_calibration(scans["standard"], {"K": 2.0}, foreign)
+    assert foreign.read_text() == '{"my": "notes"}'
+    _, other = _synthetic(tmp_path)  # the calibration of /data/axo.h5
+    before = other.read_bytes()
+    with pytest.raises(InvalidInputError, match=r"another standard \(/data/axo.h5\)"):
+        cached_standard_calibration(scans["standard"], {"K": 2.0}, other)
+    assert other.read_bytes() == before

@@ -662,6 +662,15 @@ def _cache_matches(cached: StandardCalibration, checksum: str, densities: Mappin
     return None
 
 
+def _is_ours(path: Path) -> bool:
+    """True for a JSON object that names this format (any version, possibly damaged inside)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("format") == FORMAT_NAME
+
+
 def cached_standard_calibration(
     standard_scan: str | os.PathLike,
     densities_ug_cm2: Mapping[str, float],
@@ -675,9 +684,10 @@ def cached_standard_calibration(
 
     The file is reused when it was made from a scan with the same checksum, with the same
     certified densities and fit options; otherwise the standard is fitted
-    (:func:`fit_standard`) and the file (re)written atomically. A file at ``cache`` that is
-    not a calibration, or a calibration of another standard scan (another path), is refused
-    rather than overwritten.
+    (:func:`fit_standard`) and the file (re)written atomically; so is a calibration file that
+    cannot be read (another format version, a damaged value). A file at ``cache`` that is not a
+    calibration, or a calibration of another standard scan (another path), is refused rather
+    than overwritten.
     """
     from ..io.results import file_checksum
 
@@ -688,18 +698,25 @@ def cached_standard_calibration(
     except OSError as exc:
         raise InvalidInputError(f"{standard_scan}: cannot read the standard's scan ({exc.strerror or exc})") from None
     if cache.exists():
-        cached = load_standard_calibration(cache)
-        previous = cached.metadata.get("provenance", {}).get("standard_scan")
-        if previous and Path(previous) != Path(standard_scan).resolve():
-            raise InvalidInputError(
-                f"{cache}: holds the calibration of another standard ({previous}), not {standard_scan}: "
-                "remove it or choose another file"
-            )
-        why = _cache_matches(cached, checksum, densities, fit_options)
-        if why is None:
-            _log(log, f"standard: reusing {cache} (same scan checksum, densities and fit options)")
-            return cached
-        _log(log, f"standard: {cache} is out of date ({why}): fitting again")
+        try:
+            cached = load_standard_calibration(cache)
+        except InvalidInputError as exc:
+            if not _is_ours(cache):  # not a calibration file: never overwritten
+                raise
+            cached = None
+            _log(log, f"standard: {cache} cannot be reused ({str(exc).removeprefix(f'{cache}: ')}): fitting again")
+        if cached is not None:
+            previous = cached.metadata.get("provenance", {}).get("standard_scan")
+            if previous and Path(previous) != Path(standard_scan).resolve():
+                raise InvalidInputError(
+                    f"{cache}: holds the calibration of another standard ({previous}), not {standard_scan}: "
+                    "remove it or choose another file"
+                )
+            why = _cache_matches(cached, checksum, densities, fit_options)
+            if why is None:
+                _log(log, f"standard: reusing {cache} (same scan checksum, densities and fit options)")
+                return cached
+            _log(log, f"standard: {cache} is out of date ({why}): fitting again")
     calibration = fit_standard(standard_scan, densities, standard_info=standard_info, log=log, **fit_options)
     save_standard_calibration(calibration, cache)
     calibration.metadata["path"] = str(cache)
