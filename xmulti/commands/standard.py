@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{out}: is an input file; choose another --out")
     if not out.parent.is_dir():
         raise InvalidInputError(f"{out}: the directory {out.parent} does not exist")
-    calibration = fit_standard(
-        args.scan, densities, standard_info=args.info, log=log, background=args.background,
-        n_continuum=args.n_continuum, energy_range_keV=tuple(args.energy_range) if args.energy_range else None,
-        pileup=args.pileup,
-    )
+    options = {"background": args.background, "n_continuum": args.n_continuum,
+               "energy_range_keV": tuple(args.energy_range) if args.energy_range else None}
+    if args.pileup:  # else fit_xrf's default
+        options["pileup"] = True
+    calibration = fit_standard(args.scan, densities, standard_info=args.info, log=log, **options)
     save_standard_calibration(calibration, out)
     fit = calibration.metadata["fit"]
     print(f"standard {args.scan}: {calibration.incident_energy_keV:g} keV, fitted "

@@ -35,7 +35,8 @@ File schema (``format`` ``"xmulti-standard-calibration"``, ``version`` 1), a JSO
     ``compton_width_keV``, ``escape_scale``).
 ``fit``
     ``elements`` (every fitted element), ``summed_reduced_chi_square``, ``n_pixels`` and the
-    fit options (``background``, ``n_continuum``, ``energy_range_keV`` or null, ``pileup``).
+    fit options (``background``, ``n_continuum``, ``energy_range_keV`` or null, ``pileup``: as
+    given, null for fit_xrf's default).
 ``certified_densities_ug_cm2``
     ``{symbol: areal density}`` of the certified elements.
 ``sensitivities``
@@ -329,12 +330,14 @@ def calibration_from_maps(
 
 def _fit_record(fit_options: Mapping[str, Any]) -> dict[str, Any]:
     """The fit options a calibration records (defaults of fit_xrf filled in)."""
-    defaults = {"background": "linear", "n_continuum": 8, "energy_range_keV": None, "pileup": False}
+    # pileup None: fit_xrf's default (not given)
+    defaults = {"background": "linear", "n_continuum": 8, "energy_range_keV": None, "pileup": None}
     record = {k: fit_options.get(k, defaults[k]) for k in _FIT_OPTION_KEYS}
     if record["energy_range_keV"] is not None:
         record["energy_range_keV"] = [float(v) for v in record["energy_range_keV"]]
     record["n_continuum"] = int(record["n_continuum"])
-    record["pileup"] = bool(record["pileup"])
+    if record["pileup"] is not None and not isinstance(record["pileup"], str):
+        record["pileup"] = bool(record["pileup"])
     return record
 
 
