@@ -22,14 +22,21 @@ expected counts (no beam fluctuation or dead time, so the maps are counts).
 
 Speed: time per element of the default (its one call's time over the number of elements) and of
 ``g=1`` as ratios to the time of one Richardson-Lucy solve of the same element (the
-deconvolution baseline), both measured in this run; the structure model's shared setup
-(footprint matrix, data-space covariances) is timed once per input set as a ratio to one A + A^T
-application's FFTs (four real FFTs of the padded grid).
+deconvolution baseline), and the default's time per element as a ratio to one application of the
+footprint operator and its adjoint (``A + A^T`` on the whole grid, column ``d/op``): the floor that
+grows with the scan, so a flat ratio across scan sizes is a cost linear in the positions; all
+measured in this run. The structure model's shared setup (the tiles' footprint matrices and
+data-space covariances) is timed once per input set as a ratio to one A + A^T application's FFTs
+(four real FFTs of the padded grid).
 
-Run: ``python benchmarks/bench_bridge.py [--quick] [--seed S] [--iterations N] [--guided] [--no-compartments]``
-(``--quick``: tiny preset; ``--seed``: of the simulated scan, default 0; ``--iterations``:
-ptychography epochs, default 100, as ``xmulti run`` does (``ptycho.iterations``);
-``--no-compartments``: the structure model without the compartment feature, as before it was added).
+Run: ``python benchmarks/bench_bridge.py [--quick] [--positions N] [--seed S] [--iterations N] [--true-only]
+[--guided] [--no-compartments] [--untiled]``
+(``--quick``: tiny preset; ``--positions N``: the small preset (64 x 64 frames) on an N x N scan,
+cells in proportion to its area (default 24, the preset itself); ``--seed``: of the simulated scan,
+default 0; ``--iterations``: ptychography epochs, default 100, as ``xmulti run`` does
+(``ptycho.iterations``); ``--true-only``: only the true probe and phase (no reconstruction);
+``--no-compartments``: the structure model without the compartment feature, as before it was added;
+``--untiled``: one structure model of every position, as before issue 17).
 """
 
 # ruff: noqa: E402  (BLAS threads are set before numpy is imported)
@@ -54,14 +61,15 @@ from scipy import fft as sfft
 from xmulti.footprint import probe_intensity
 from xmulti.grid import image_axes_um
 from xmulti.joint.bridge import (
+    _features,
     bridge_resolution,
     forward_operator,
     interpolate_map,
-    levelled_phase,
     richardson_lucy,
+    structure_tiles,
 )
-from xmulti.joint.guide import structure_features
-from xmulti.joint.structure import structure_basis
+from xmulti.joint.structure import scan_step_px
+from xmulti.joint.tiled import tiled_basis
 from xmulti.simulate import make_scan
 
 
@@ -77,12 +85,24 @@ def fft_floor(shape: tuple[int, int], repeats: int = 20) -> float:
     return best
 
 
+def operator_time(op, repeats: int = 10) -> float:
+    """Seconds of one application of the footprint operator and its adjoint (best of ``repeats``)."""
+    rng = np.random.default_rng(0)
+    c, b = rng.random(op.shape), rng.random(op.n_positions)
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        op.adjoint(op.forward(c) + b)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def nrmse(estimate: np.ndarray, truth: np.ndarray, where: np.ndarray) -> float:
     return float(np.sqrt(np.mean((estimate[where] - truth[where]) ** 2) / np.mean(truth[where] ** 2)))
 
 
 def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid, guided: bool,
-        compartments: bool = True) -> None:
+        compartments: bool = True, tile_steps: float | None = 12.0) -> None:
     """Print the table for one (phase, probe) input set; results compared on the truth grid."""
     phase = recon["phase"]
     intensity = probe_intensity(np.asarray(recon["probe"].values))
@@ -93,23 +113,35 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
     interp = interpolate_map(maps, grid, list(scan.elements))
     where = np.isfinite(interp[scan.elements[0]].values)
     floor = fft_floor(op.padded)
+    t_op = operator_time(op)
     t = time.perf_counter()
-    structure_basis(intensity, frac, structure_features(levelled_phase(recon)))
+    features = _features(recon, intensity, compartments)
+    tiles = structure_tiles(intensity, frac, phase.shape, None, tile_steps) or []
+    if tiles:
+        model = tiled_basis(intensity, frac, features, tiles, scan_step_px(frac), ("compartment",))
+        for k in range(len(tiles)):
+            model.basis(k)
+    else:
+        from xmulti.joint.structure import structure_basis
+
+        structure_basis(intensity, frac, features, zero_mean=("compartment",))
     setup = time.perf_counter() - t
-    print(f"\n{label}: object grid {phase.shape}, {op.n_positions} positions; structure setup {setup:.2f} s = "
-          f"{setup / floor:.0f} x one A + A^T ({floor * 1e3:.2f} ms)")
+    print(f"\n{label}: object grid {phase.shape}, {op.n_positions} positions, "
+          f"{len(tiles) or 1} tile(s); structure setup {setup:.2f} s = {setup / floor:.0f} x one A + A^T's FFTs "
+          f"({floor * 1e3:.2f} ms); one A + A^T {t_op * 1e3:.2f} ms")
     head = (f"{'el':4s} {'interp':>7s} {'RL':>7s} {'struct':>7s} {'g=1':>7s} {'default':>7s} {'g':>5s} {'w':>5s} "
             f"{'cmp':>3s} {'d/interp':>9s} {'d/RL':>6s}")
-    print(head + (f" {'guided':>7s}" if guided else "") + f" {'g=1/RL':>7s} {'d/RL t':>7s}")
+    print(head + (f" {'guided':>7s}" if guided else "") + f" {'g=1/RL':>7s} {'d/RL t':>7s} {'d/op':>7s}")
 
     def on_truth_grid(c: np.ndarray) -> np.ndarray:
         da = xr.DataArray(c, dims=("y", "x"), coords={"y": phase["y"].values, "x": phase["x"].values})
         return da.interp(y=grid["y"].values, x=grid["x"].values).values
 
-    kw = {"positions_um": scan.true_positions_um, "compartments": compartments}
+    kw = {"positions_um": scan.true_positions_um, "compartments": compartments, "tile_steps": tile_steps}
     t = time.perf_counter()
     default = bridge_resolution(maps, recon, elements=list(scan.elements), **kw)
     t_default = (time.perf_counter() - t) / len(scan.elements)
+    print(f"default: {t_default:.2f} s per element = {t_default / t_op:.0f} x one A + A^T", flush=True)
     for el in scan.elements:
         b = maps[el].values.ravel()
         t = time.perf_counter()
@@ -131,7 +163,7 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
         if guided:
             g = bridge_resolution(maps, recon, elements=[el], method="guided", positions_um=scan.true_positions_um)
             line += f" {nrmse(on_truth_grid(g[el].values), truth[el], where):7.3f}"
-        print(line + f" {t_plain / t_rl:7.1f} {t_default / t_rl:7.1f}", flush=True)
+        print(line + f" {t_plain / t_rl:7.1f} {t_default / t_rl:7.1f} {t_default / t_op:7.0f}", flush=True)
 
 
 def main() -> None:
@@ -142,9 +174,18 @@ def main() -> None:
                         help="ptychography epochs (default: the pipeline's ptycho.iterations)")
     parser.add_argument("--guided", action="store_true", help="also the pixel-level guided solve (slow)")
     parser.add_argument("--no-compartments", action="store_true", help="without the compartment feature")
+    parser.add_argument("--positions", type=int, default=24,
+                        help="small preset on an N x N scan (cells in proportion to the area); default 24")
+    parser.add_argument("--true-only", action="store_true", help="only the true probe and phase")
+    parser.add_argument("--untiled", action="store_true", help="one structure model of every position")
     args = parser.parse_args()
     preset = "tiny" if args.quick else "small"
-    scan = make_scan(preset, seed=args.seed, i0_fluctuation=0.0, dead_time_fraction=0.0)
+    overrides = {}
+    if not args.quick and args.positions != 24:
+        overrides = {"scan_shape": (args.positions, args.positions),
+                     "n_cells": max(1, round(3 * (args.positions / 24) ** 2))}
+    scan = make_scan(preset, seed=args.seed, i0_fluctuation=0.0, dead_time_fraction=0.0, **overrides)
+    tile_steps = None if args.untiled else 12.0
     ny, nx = scan.config.scan_shape
     y, x = image_axes_um(scan.object.shape, scan.pixel_size_um, scan.origin_um)
     grid = xr.DataArray(np.angle(scan.object), dims=("y", "x"), coords={"y": y, "x": x})
@@ -162,7 +203,9 @@ def main() -> None:
         truth[el] = comp * float(seen @ scan.line_counts[:, j] / (seen @ seen))
     print(f"preset {preset}, seed {args.seed}: scan {ny} x {nx}, probe {scan.probe.shape}, pixel {scan.pixel_size_um * 1e3:.1f} nm")
     true_recon = xr.Dataset({"phase": grid, "probe": (("probe_y", "probe_x"), scan.probe)})
-    run(scan, "true probe and phase", true_recon, maps, truth, grid, args.guided, not args.no_compartments)
+    run(scan, "true probe and phase", true_recon, maps, truth, grid, args.guided, not args.no_compartments, tile_steps)
+    if args.true_only:
+        return
 
     from xmulti import open_scan, reconstruct
 
@@ -172,7 +215,7 @@ def main() -> None:
         recon = reconstruct(open_scan(path), iterations=args.iterations).compute()
         print(f"\nreconstruct: {args.iterations} epochs in {time.perf_counter() - t:.1f} s")
     run(scan, f"reconstructed probe and phase ({args.iterations} epochs lsqml)", recon, maps, truth, grid, args.guided,
-        not args.no_compartments)
+        not args.no_compartments, tile_steps)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ __all__ = [
     "footprint_radius_px",
     "choose_footprint_power",
     "footprints",
+    "structure_tiles",
 ]
 
 
@@ -299,7 +300,7 @@ def choose_footprint_power(maps, recon, positions_um=None, elements=None,
     _check_recon(maps, recon)
     intensity, frac = _footprint_and_positions(maps, recon, positions_um)
     counts_of = {el: _element_counts(maps, el) for el in names}
-    tiles = _tiles(intensity, frac, recon["phase"].shape, spacing_px, tile_steps)
+    tiles = structure_tiles(intensity, frac, recon["phase"].shape, spacing_px, tile_steps)
     power, _, info = _choose_footprint(intensity, frac, _features(recon, intensity, False), counts_of, spacing_px,
                                        tiles, search_positions)
     return power, info
@@ -311,8 +312,10 @@ def _scan_step(frac: np.ndarray) -> float:
     return scan_step_px(frac)
 
 
-def _tiles(intensity, frac, shape, spacing_px, tile_steps):
-    """Tiles of the structure model (:func:`xmulti.joint.bridge_tiles.split_bridge_tiles`), None untiled."""
+def structure_tiles(intensity, frac, shape, spacing_px, tile_steps):
+    """Tiles of the structure model (:func:`xmulti.joint.bridge_tiles.split_bridge_tiles`): cores of
+    ``tile_steps`` scan steps, a halo of 2.5 footprint radii; None when the scan fits in one tile
+    (or ``tile_steps`` is None)."""
     from .bridge_tiles import split_bridge_tiles
 
     if tile_steps is None:
@@ -497,7 +500,7 @@ def bridge_resolution(
     bases: dict[bytes, object] = {}  # one structure basis per set of finite positions
     fits: dict[str, object] = {}  # base-model fits made while choosing the footprint
     footprint_info: dict = {}
-    tiles = _tiles(intensity, frac, phase.shape, spacing_px, tile_steps) if method == "structure" else None
+    tiles = structure_tiles(intensity, frac, phase.shape, spacing_px, tile_steps) if method == "structure" else None
     if isinstance(footprint_power, str) and footprint_power == "auto":
         if progress is not None:
             progress("choosing the footprint power by held-out prediction"
@@ -573,7 +576,7 @@ def _tiled_model(intensity, frac, keep, tiles, shape, features, spacing_px, tile
         return None
     rows = footprint_rows(intensity, keep)
     if not keep.all():  # a map with gaps: tiles of its own positions
-        tiles = _tiles(rows, frac[keep], shape, spacing_px, tile_steps)
+        tiles = structure_tiles(rows, frac[keep], shape, spacing_px, tile_steps)
         if tiles is None:
             return None
     spacing = spacing_px if spacing_px is not None else _scan_step(frac[keep])

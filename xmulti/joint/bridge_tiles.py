@@ -94,7 +94,7 @@ def split_bridge_tiles(positions_px: np.ndarray, shape: tuple[int, int], probe_s
     blend_px : float
         Half-width (pixels) of the stitching ramps across core boundaries; at most ``halo_px``.
     tile_steps : float
-        Largest core side, in scan steps.
+        Core side, in scan steps (at most 1.25 times as wide).
 
     Returns
     -------
@@ -110,7 +110,9 @@ def split_bridge_tiles(positions_px: np.ndarray, shape: tuple[int, int], probe_s
     ny, nx = int(shape[0]), int(shape[1])
     n, m = int(probe_shape[0]), int(probe_shape[1])
     lo, hi = pos.min(axis=0), pos.max(axis=0)
-    counts = [max(1, int(np.ceil((hi[a] - lo[a]) / (tile_steps * step_px) - 1e-9))) for a in (0, 1)]
+    # a core may be a quarter wider than tile_steps rather than split into a sliver (jittered
+    # positions make the median step a little short of the nominal one)
+    counts = [max(1, int(np.ceil((hi[a] - lo[a]) / (tile_steps * step_px) - 0.25))) for a in (0, 1)]
     # cores narrower than the blending band would let a ramp cross two boundaries
     counts = [max(1, min(c, int((hi[a] - lo[a]) // (2 * blend_px)))) for a, c in enumerate(counts)]
     edges = [np.linspace(lo[a], hi[a], counts[a] + 1) for a in (0, 1)]

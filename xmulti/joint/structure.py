@@ -216,6 +216,19 @@ def _structure_basis(intensity, positions_px, features, spacing_px, zero_mean=()
     return out
 
 
+def factor_covariance(log_w: np.ndarray, gram: list[np.ndarray], var: np.ndarray) -> np.ndarray | None:
+    """Lower Cholesky factor (Fortran order, upper triangle not cleaned) of ``K = diag(var) + sum_k
+    exp(-log_w_k) G_k``, assembled in place; None when ``K`` is not positive definite."""
+    n = len(var)
+    flat = np.diag(var).reshape(-1)
+    for g, lw in zip(gram, log_w, strict=True):
+        flat = blas.daxpy(g.reshape(-1), flat, a=np.exp(-lw))  # k += w g in one pass (in place)
+    k = flat.reshape(n, n)
+    # k is symmetric, so its transpose (Fortran order, no copy) can be factored in place
+    chol, info = lapack.dpotrf(k.T, lower=True, overwrite_a=True, clean=False)
+    return chol if info == 0 else None
+
+
 def _reml(log_w: np.ndarray, gram: list[np.ndarray], fixed: np.ndarray, b: np.ndarray, var: np.ndarray,
           gradient: bool = False):
     """Restricted log marginal likelihood (up to a constant) and what the posterior mean needs.
@@ -230,13 +243,8 @@ def _reml(log_w: np.ndarray, gram: list[np.ndarray], fixed: np.ndarray, b: np.nd
     factor costs about two more factorisations.
     """
     n = len(b)
-    flat = np.diag(var).reshape(-1)
-    for g, lw in zip(gram, log_w, strict=True):
-        flat = blas.daxpy(g.reshape(-1), flat, a=np.exp(-lw))  # k += w g in one pass (in place)
-    k = flat.reshape(n, n)
-    # k is symmetric, so its transpose (Fortran order, no copy) can be factored in place
-    chol, info = lapack.dpotrf(k.T, lower=True, overwrite_a=True, clean=False)
-    if info != 0:
+    chol = factor_covariance(log_w, gram, var)
+    if chol is None:
         return (-np.inf, None, None) if gradient else (-np.inf, None)
     rhs = np.empty((n, 1 + fixed.shape[1]), order="F")
     rhs[:, 0] = b
