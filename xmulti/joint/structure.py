@@ -261,11 +261,12 @@ def _reml(log_w: np.ndarray, gram: list[np.ndarray], fixed: np.ndarray, b: np.nd
     if not gradient:
         return float(value), (beta, kir)
     inverse, info = lapack.dpotri(chol, lower=True, overwrite_c=True)
-    inverse = np.tril(inverse) + np.tril(inverse, -1).T
+    inverse = np.tril(inverse)  # K^-1's lower triangle (the upper holds K): tr(K^-1 G) = 2 L.G - diag
     m = linalg.cho_solve(fkf, kif.T, check_finite=False)  # (X^T K^-1 X)^-1 X^T K^-1
     grad = np.empty(len(gram))
     for i, (g, lw) in enumerate(zip(gram, log_w, strict=True)):
-        trace = float(np.sum(inverse * g)) - float(np.sum((g @ kif) * m.T))
+        trace = (2.0 * float(np.sum(inverse * g)) - float(np.diagonal(inverse) @ np.diagonal(g))
+                 - float(np.sum((g @ kif) * m.T)))
         grad[i] = 0.5 * np.exp(-lw) * (trace - float(kir @ (g @ kir)))
     return float(value), (beta, kir), grad
 

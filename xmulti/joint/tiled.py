@@ -255,11 +255,12 @@ def _composite_reml(tb: TiledBasis, tiles: list[int], log_w: np.ndarray, b: np.n
     grad = np.zeros(len(log_w))
     for t, (chol, gram, _, _, _, kif) in state.items():
         inverse, _ = lapack.dpotri(chol, lower=True, overwrite_c=True)
-        inverse = np.tril(inverse) + np.tril(inverse, -1).T
+        inverse = np.tril(inverse)  # K^-1's lower triangle (the upper holds K): tr(K^-1 G) = 2 L.G - diag
         m = kif @ f_inv
         for i, k in enumerate(tb.index(t)):
             g = gram[i]
-            trace = float(np.sum(inverse * g)) - float(np.sum((g @ kif) * m))
+            trace = (2.0 * float(np.sum(inverse * g)) - float(np.diagonal(inverse) @ np.diagonal(g))
+                     - float(np.sum((g @ kif) * m)))
             grad[k] += 0.5 * np.exp(-log_w[k]) * (trace - float(kir[t] @ (g @ kir[t])))
     return value, beta, kir, grad
 
