@@ -94,8 +94,12 @@ def test_bridging_on_workers_gives_the_sequential_maps(process_cluster):
         coords={"y": pos[:, 0].reshape(ny, nx).mean(axis=1), "x": pos[:, 1].reshape(ny, nx).mean(axis=0)},
     )
     elements = ["S", "Fe", "K"]
-    on_workers = _bridge(maps, recon, elements, process_cluster)
+    lines: list[str] = []
+    on_workers = _bridge(maps, recon, elements, process_cluster, lines.append)
     here = bridge_resolution(maps, recon, elements=elements)
+    # progress reaches the log: the footprint choice, then each group of elements as it is done
+    assert any("footprint power" in line for line in lines)
+    assert sum("groups) at" in line for line in lines) == 2
     assert list(on_workers.data_vars) == elements + ["coverage"]
     for el in elements:
         np.testing.assert_allclose(on_workers[el].values, here[el].values, rtol=1e-5, atol=1e-6 * float(here[el].max()))

@@ -48,7 +48,22 @@ def _maps_with_sigma(store) -> tuple[Any, bool]:
     return merged, False
 
 
-def _bridge(maps, recon, elements: list[str], client):
+# worker-side progress of bridging reaches the driver's log as events of this topic
+_TOPIC = "xmulti-bridge"
+
+
+def _bridge_task(maps, recon, elements: list[str], power: float):
+    """One worker's group of elements, its progress sent as events to the client."""
+    from distributed import get_worker
+
+    from .bridge import bridge_resolution
+
+    worker = get_worker()
+    return bridge_resolution(maps, recon, elements=elements, footprint_power=power,
+                             progress=lambda line: worker.log_event(_TOPIC, f"[{worker.name}] {line}"))
+
+
+def _bridge(maps, recon, elements: list[str], client, log: Callable[[str], None] | None = None):
     """Resolution bridging; with a client, the elements in one task per worker.
 
     Elements are independent, but the structure model's setup (levelling, features, data-space
@@ -57,12 +72,18 @@ def _bridge(maps, recon, elements: list[str], client):
     element per task took 10.3 s against 13.3 s for all seven in one process). The elements share
     one probe, so the footprint power is chosen first, from all of them, in one task
     (:func:`xmulti.joint.bridge.choose_footprint_power`), and given to every group.
+    Progress: per element (and per few tiles), in one process through ``log``, on workers as
+    events of the topic ``xmulti-bridge`` that the client hands to ``log``.
     """
     from .bridge import bridge_resolution, choose_footprint_power
 
+    def progress(line: str) -> None:
+        if log is not None:
+            log(f"  joint: {line}")
+
     workers = len(client.scheduler_info().get("workers", {})) if client is not None else 1
     if client is None or len(elements) < 2 or workers < 2:
-        return bridge_resolution(maps, recon, elements=elements)
+        return bridge_resolution(maps, recon, elements=elements, progress=progress)
     import numpy as np
     import xarray as xr
 
@@ -73,12 +94,25 @@ def _bridge(maps, recon, elements: list[str], client):
         return part
 
     groups = [list(g) for g in np.array_split(np.asarray(elements, dtype=object), min(workers, len(elements)))]
+    from dask.distributed import as_completed
+
     recon_future = client.scatter(recon, broadcast=False)
+    progress("choosing the footprint power by held-out prediction")
+    started = time.perf_counter()
     power, info = client.submit(choose_footprint_power, subset(elements), recon_future, elements=elements,
                                 pure=False).result()
-    futures = [client.submit(bridge_resolution, subset(g), recon_future, elements=g, footprint_power=power,
-                             pure=False) for g in groups]
-    parts = client.gather(futures)
+    progress(f"footprint power {power:g} in {time.perf_counter() - started:.1f} s; bridging {len(groups)} groups "
+             "of elements in parallel")
+    client.subscribe_topic(_TOPIC, lambda event: progress(str(event[1])))
+    try:
+        futures = [client.submit(_bridge_task, subset(g), recon_future, g, power, pure=False) for g in groups]
+        names = {f.key: g for f, g in zip(futures, groups, strict=True)}
+        for done, future in enumerate(as_completed(futures), 1):
+            progress(f"bridged {', '.join(names[future.key])} ({done}/{len(groups)} groups) at "
+                     f"{time.perf_counter() - started:.1f} s")
+        parts = client.gather(futures)
+    finally:
+        client.unsubscribe_topic(_TOPIC)
     merged = xr.merge([part[g] for part, g in zip(parts, groups, strict=True)], combine_attrs="override")
     merged = merged[elements]
     for el in elements:
@@ -137,7 +171,7 @@ def joint_groups(tree, store: str | os.PathLike, options, client=None,
     if log is not None:
         log(f"  joint: resolution bridging of {', '.join(elements)}")
     started = time.perf_counter()
-    bridged = _bridge(maps, recon, elements, client)
+    bridged = _bridge(maps, recon, elements, client, log)
     if log is not None:
         log(f"  joint: resolution bridging took {time.perf_counter() - started:.1f} s")
 
