@@ -55,7 +55,7 @@ def _synthetic(tmp_path):
     calibration.metadata = {
         "geometry": {"/@scattering_angle_deg": 90.0},
         "energy_calibration": {"offset_keV": 0.01, "gain_keV": 0.0094},
-        "fit": {"elements": ["Ca", "Fe", "Cu", "Ar"], "summed_reduced_chi_square": 3.2, "n_pixels": 121,
+        "fit": {"elements": ["Ca", "Fe", "Cu", "Ar"], "identified_elements": ["Ar"], "summed_reduced_chi_square": 3.2, "n_pixels": 121,
                 "background": "linear", "n_continuum": 8, "energy_range_keV": None, "pileup": None},
         "fit_sigma": {"Ca": 1e-5, "Fe": 2e-5, "Cu": 1.5e-5},
         "provenance": {"xmulti_version": "0", "standard_scan": "/data/axo.h5", "standard_checksum": "sha256:00",

@@ -34,7 +34,8 @@ File schema (``format`` ``"xmulti-standard-calibration"``, ``version`` 1), a JSO
     ``quadratic_keV``, ``noise_fwhm_keV``, ``fano``, ``compton_shift_keV``,
     ``compton_width_keV``, ``escape_scale``).
 ``fit``
-    ``elements`` (every fitted element), ``summed_reduced_chi_square``, ``n_pixels`` and the
+    ``elements`` (every fitted element), ``identified_elements`` (those of them identification
+    added to the certified ones), ``summed_reduced_chi_square``, ``n_pixels`` and the
     fit options (``background``, ``n_continuum``, ``energy_range_keV`` or null, ``pileup``: as
     given, null for fit_xrf's default).
 ``certified_densities_ug_cm2``
@@ -238,18 +239,46 @@ def fit_standard_maps(tree, densities_ug_cm2: Mapping[str, float], *, log: Log =
     from .maps import fit_xrf
 
     if "elements" in fit_options or "known_elements" in fit_options:
-        raise InvalidInputError("a standard is fitted with its own elements: do not pass elements")
+        raise InvalidInputError("a standard is fitted with its own elements (certified plus identified): "
+                                "do not pass elements")
     standard_elements = list(densities_ug_cm2)
     n = int(tree["xrf"].ds.sizes.get("position", 0)) if "xrf" in tree.children else 0
-    _log(log, f"standard: fitting the summed spectrum and {n} spectra with the certified "
-              f"{', '.join(standard_elements)}")
+    _log(log, f"standard: fitting the summed spectrum and {n} spectra: the certified "
+              f"{', '.join(standard_elements)} and what identification finds")
     start = time.perf_counter()
-    # the certified elements only, until fit_xrf can add identified elements to a known list
-    maps = fit_xrf(tree, standard_elements, normalize=True, **fit_options).compute()
+    # elements=None with known elements: never the beamline's or the sample's list
+    maps = fit_xrf(tree, elements=None, known_elements=standard_elements, normalize=True,
+                   **fit_options).compute()
+    identified = [str(e) for e in maps.attrs.get("identified_elements", [])]
     _log(log, f"standard: fitted {', '.join(maps.attrs.get('elements', []))} in "
-              f"{time.perf_counter() - start:.1f} s (summed-spectrum reduced chi-square "
-              f"{float(maps.attrs.get('summed_reduced_chi_square', np.nan)):.1f})")
+              f"{time.perf_counter() - start:.1f} s (identified: {', '.join(identified) or 'none'}; "
+              f"summed-spectrum reduced chi-square {float(maps.attrs.get('summed_reduced_chi_square', np.nan)):.1f})")
+    for line in _unexplained(maps.attrs):
+        _log(log, f"standard: {line}")
     return maps
+
+
+def _unexplained(attrs: Mapping[str, Any]) -> list[str]:
+    """What the standard's fit reports besides its elements: ambiguous identifications, a poor
+    summed fit (one line each)."""
+    lines = []
+    try:
+        ambiguous = json.loads(attrs.get("ambiguous_elements", "[]") or "[]")
+    except (TypeError, ValueError):
+        ambiguous = []
+    readings = []
+    for entry in ambiguous if isinstance(ambiguous, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        others = [r.get("element") for r in entry.get("readings", []) if isinstance(r, dict)
+                  and r.get("element") != entry.get("chosen")]
+        readings.append(f"{entry.get('energy_keV', '?')} keV read as {entry.get('chosen') or 'nothing'}"
+                        + (f" (or {', '.join(map(str, others))})" if others else ""))
+    if readings:
+        lines.append("ambiguous identification: " + "; ".join(readings))
+    if attrs.get("summed_fit_quality") == "poor":
+        lines.append(f"poor summed fit: {attrs.get('summed_fit_message', '')}")
+    return lines
 
 
 def calibration_from_maps(
@@ -318,6 +347,7 @@ def calibration_from_maps(
         "energy_calibration": {k[len(prefix):]: float(v) for k, v in maps.attrs.items() if k.startswith(prefix)},
         "fit": {
             "elements": [str(e) for e in maps.attrs.get("elements", [])],
+            "identified_elements": [str(e) for e in maps.attrs.get("identified_elements", [])],
             "summed_reduced_chi_square": float(maps.attrs.get("summed_reduced_chi_square", np.nan)),
             "n_pixels": n_pixels,
             **_fit_record(fit_options or {}),
