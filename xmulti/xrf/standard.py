@@ -35,7 +35,8 @@ File schema (``format`` ``"xmulti-standard-calibration"``, ``version`` 1), a JSO
     ``compton_width_keV``, ``escape_scale``).
 ``fit``
     ``elements`` (every fitted element), ``identified_elements`` (those of them identification
-    added to the certified ones), ``summed_reduced_chi_square``, ``n_pixels`` and the
+    added to the certified ones), ``summed_reduced_chi_square``, ``summed_fit_quality``
+    (``"good"``/``"poor"`` as fit_xrf judged it, or null), ``n_pixels`` and the
     fit options (``background``, ``n_continuum``, ``energy_range_keV`` or null, ``pileup``: as
     given, null for fit_xrf's default).
 ``certified_densities_ug_cm2``
@@ -259,8 +260,7 @@ def fit_standard_maps(tree, densities_ug_cm2: Mapping[str, float], *, log: Log =
 
 
 def _unexplained(attrs: Mapping[str, Any]) -> list[str]:
-    """What the standard's fit reports besides its elements: ambiguous identifications, a poor
-    summed fit (one line each)."""
+    """What the standard's fit reports besides its elements: its ambiguous identifications."""
     lines = []
     try:
         ambiguous = json.loads(attrs.get("ambiguous_elements", "[]") or "[]")
@@ -276,9 +276,7 @@ def _unexplained(attrs: Mapping[str, Any]) -> list[str]:
                         + (f" (or {', '.join(map(str, others))})" if others else ""))
     if readings:
         lines.append("ambiguous identification: " + "; ".join(readings))
-    if attrs.get("summed_fit_quality") == "poor":
-        lines.append(f"poor summed fit: {attrs.get('summed_fit_message', '')}")
-    return lines
+    return lines  # a poor summed fit: fit_xrf warns itself (logger xmulti.xrf)
 
 
 def calibration_from_maps(
@@ -349,6 +347,7 @@ def calibration_from_maps(
             "elements": [str(e) for e in maps.attrs.get("elements", [])],
             "identified_elements": [str(e) for e in maps.attrs.get("identified_elements", [])],
             "summed_reduced_chi_square": float(maps.attrs.get("summed_reduced_chi_square", np.nan)),
+            "summed_fit_quality": maps.attrs.get("summed_fit_quality"),
             "n_pixels": n_pixels,
             **_fit_record(fit_options or {}),
         },
