@@ -284,3 +284,28 @@ def test_cache_never_overwrites_what_is_not_its_own(scans, tmp_path):
     with pytest.raises(InvalidInputError, match=r"another standard \(/data/axo.h5\)"):
         cached_standard_calibration(scans["standard"], {"K": 2.0}, other)
     assert other.read_bytes() == before
+
+
+def test_pipeline_applies_a_saved_calibration_and_refuses_another_energy(scans, saved, tmp_path):
+    from xmulti.io.results import has_group, read_group
+    from xmulti.options import load_options
+    from xmulti.pipeline import run_pipeline
+
+    config = tmp_path / "o.yaml"
+    config.write_text(f"stages: [fit-xrf]\nxrf:\n  elements: [P, S, K, Ca, Fe, Cu, Zn]\n"
+                      f"  standard_calibration: {saved}\n")
+    run_pipeline(scans["sample"], tmp_path / "r.zarr", load_options(config), log=None)
+    density = read_group(tmp_path / "r.zarr", "/xrf/areal_density").load()
+    maps = read_group(tmp_path / "r.zarr", "/xrf/elemental_maps").load()
+    standard = load_standard_calibration(saved)
+    assert density.attrs["standard_calibration"] == str(saved)
+    np.testing.assert_allclose(density["Fe"].values, maps["Fe"].values / standard.sensitivity("Fe"), rtol=1e-6)
+    # the same file at another energy: refused before the sample is fitted, nothing written
+    other = tmp_path / "other.json"
+    document = json.loads(saved.read_text())
+    document["incident_energy_keV"] = 12.0
+    other.write_text(json.dumps(document))
+    config.write_text(f"stages: [fit-xrf]\nxrf:\n  standard_calibration: {other}\n")
+    with pytest.raises(InvalidInputError, match=r"10\.000 keV.*12\.000 keV"):
+        run_pipeline(scans["sample"], tmp_path / "s.zarr", load_options(config), log=None)
+    assert not has_group(tmp_path / "s.zarr", "/xrf/elemental_maps")
