@@ -283,3 +283,18 @@ def test_jump_ratio_sensitivity_near_kissel(symbol, incident_energy_keV, toleran
     assert abs(ratio - 1) < tolerance
     counts = counts_from_concentrations({symbol: 0.2, "Fe": 0.8}, incident_energy_keV, 1e6, BLACK)
     assert sum(counts.values()) == pytest.approx(1e6)
+
+
+def test_continuum_ends_at_the_incident_energy_unless_told():
+    continuum = Continuum(hump_counts=1e6, hump_centre_keV=6.0, hump_log_width=0.6)
+    e0 = 8.0
+    cut = independent_spectrum({}, e0, detector=DET, continuum=continuum, noise=False)
+    e = cut.energy_keV
+    above = e > e0 + 5 * float(DET.sigma_keV(e0))
+    assert cut.expected[above].sum() < 1e-6 * 1e6
+    free = independent_spectrum(
+        {}, e0, detector=DET, noise=False, continuum=dataclasses.replace(continuum, high_keV=float("inf"))
+    )
+    assert free.expected[above].sum() > 0.1 * 1e6
+    assert cut.expected.sum() == pytest.approx(1e6, rel=1e-3)
+    assert 0.9 * 1e6 < free.expected.sum() < 1e6  # part of the free tail lies above the last channel

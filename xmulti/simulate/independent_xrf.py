@@ -247,6 +247,10 @@ class Continuum:
         End of the ramp (keV); None: the incident energy.
     low_keV : float
         Every continuum is cut below this energy (keV) with a soft edge (window absorption).
+    high_keV : float or None
+        ... and above this energy (keV), smoothed by the detector resolution there. None: the
+        incident energy (a monochromatic beam deposits no more than ``E0`` per photon, apart
+        from pile-up); ``inf``: no cut.
     """
 
     hump_counts: float = 0.0
@@ -257,6 +261,7 @@ class Continuum:
     ramp_counts: float = 0.0
     ramp_end_keV: float | None = None
     low_keV: float = 0.5
+    high_keV: float | None = None
 
 
 @dataclass(frozen=True)
@@ -566,9 +571,12 @@ def _continuum_shapes(incident_energy_keV: float, detector: Detector, continuum:
     """Unit-area (over 0 keV .. infinity) continuum shapes, counts per channel."""
     low = continuum.low_keV
     edge_width = 0.1
+    high = incident_energy_keV if continuum.high_keV is None else continuum.high_keV
+    high_width = float(detector.sigma_keV(high)) if np.isfinite(high) else 1.0
 
     def cut(e):
-        return 0.5 * (1 + erf((e - low) / edge_width))
+        upper = 0.5 * erfc((e - high) / (np.sqrt(2) * high_width)) if np.isfinite(high) else 1.0
+        return 0.5 * (1 + erf((e - low) / edge_width)) * upper
 
     shapes = {}
     grid = np.linspace(1e-3, max(4 * incident_energy_keV, 50.0), 200001)  # for normalisation
@@ -1080,6 +1088,8 @@ def outside_cases() -> dict[str, OutsideCase]:
                       bio, 10.0, shape_=PeakShape(tail_fraction=0.15, tail_gamma=3.0, step_fraction=0.01,
                                                   shelf_fraction=0.02, escape_fraction=0.01)),
         spectrum_case("bio7_no_scatter", "bio7 with neither elastic nor Compton peak", bio, 10.0, scatter=Scatter()),
+        spectrum_case("bio7_continuum_above_e0", "bio7 with the continuum not cut at E0 (hump and fall go on above it)",
+                      bio, 10.0, continuum=dataclasses.replace(bio_cont, high_keV=float("inf"))),
         spectrum_case("l_lines", "L lines of Ba, Au, Pb with K lines of Ca, Fe, Zn at 16 keV",
                       {"Ca": 3e5, "Fe": 5e5, "Zn": 2e5, "Ba": 2e5, "Au": 1e5, "Pb": 3e5}, 16.0,
                       scatter=Scatter(elastic_counts=3e5, compton_counts=8e5, angle_deg=90.0)),
