@@ -4,12 +4,15 @@ A standard (e.g. an AXO film) is fitted with **its own elements** - those it is 
 (``maps_standardinfo.txt`` or the densities given) plus what element identification finds in
 its spectrum - never with the sample's list: an element of the film left out of the fit leaks
 into its neighbours' components (fitted with a cell's P, S, K, Ca, Fe, Cu, Zn list, the AXO
-film's Ca came out 44 % low). The mean fitted counts per i0 count of each certified element
-over the film, divided by its certified areal density, give the sensitivities (counts per
-ug/cm2 per i0 count, :func:`xmulti.xrf.quantify.calibrate_standard`); other elements are
-interpolated in Z by the thin-film cross-section shape.
+film's Ca came out 20-44 % low, with two versions of the spectral model). The mean fitted
+counts per i0 count of each certified element over the film, divided by its certified areal
+density, give the sensitivities (counts per ug/cm2 per i0 count,
+:func:`xmulti.xrf.quantify.calibrate_standard`); other elements are interpolated in Z by the
+thin-film cross-section shape.
 
-Fitting a standard takes a minute or more, so a calibration is saved to a small JSON file
+Fitting a standard (calibration and identification on its summed spectrum, then every pixel)
+takes seconds to minutes, and nothing about it changes between the samples of a beamtime, so a
+calibration is saved to a small JSON file
 (:func:`save_standard_calibration`, schema below) and applied to any number of samples measured
 with the same incident energy and geometry (:func:`load_standard_calibration`,
 :func:`quantify_maps`). :func:`cached_standard_calibration` keeps such a file beside a results
