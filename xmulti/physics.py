@@ -137,6 +137,7 @@ def atomic_number(symbol: str) -> int:
     return int(z)
 
 
+@functools.cache
 def _iupac_lines() -> dict[str, list[tuple[str, int]]]:
     """All IUPAC line macros of xraylib, grouped by family (K, L, M)."""
     import xraylib

@@ -44,6 +44,7 @@ from .mda import MDAFile, read_mda
 __all__ = [
     "ConvertedXRF",
     "read_fit_override",
+    "beamline_fit_settings",
     "xrf_from_mda",
     "xrf_from_maps",
     "ptycho_from_eiger",
@@ -82,11 +83,64 @@ def read_fit_override(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _find_override(path: Path) -> dict[str, str]:
+    """The beamline's fit settings beside the scan (or one folder up), with ``__file__`` set."""
     for folder in (path.parent, path.parent.parent):
         candidate = folder / OVERRIDE_NAME
         if candidate.is_file():
-            return read_fit_override(candidate)
+            return {**read_fit_override(candidate), "__file__": str(candidate)}
     return {}
+
+
+def beamline_fit_settings(override: dict[str, str]) -> dict:
+    """Root attributes from the beamline's fit settings: the elements it fits
+    (``ELEMENTS_TO_FIT``; ``_L``/``_M`` suffixes name a family, the element is fitted with all
+    its excited families), its energy calibration (``CAL_OFFSET``, ``CAL_SLOPE``, ``CAL_QUAD``,
+    keV) and peak widths (``FWHM_OFFSET`` keV, ``FWHM_FANOPRIME``). ``fit_xrf`` starts from that
+    calibration and fits that list when the user gives none.
+
+    Raises
+    ------
+    InvalidInputError
+        ``ELEMENTS_TO_FIT`` names an unknown element, or a calibration value is not a number.
+    """
+    from ..physics import atomic_number
+
+    if not override:
+        return {}
+    where = override.get("__file__", OVERRIDE_NAME)
+    attrs: dict = {"beamline_settings_file": where}
+    listed = [v.strip() for v in override.get("ELEMENTS_TO_FIT", "").split(",") if v.strip()]
+    if listed:
+        symbols = []
+        for item in listed:
+            symbol = re.sub(r"_(K|L|M)$", "", item)
+            try:
+                atomic_number(symbol)
+            except InvalidInputError:
+                raise InvalidInputError(
+                    f"{where}: ELEMENTS_TO_FIT names {item!r}, not an element symbol (use e.g. Fe, Au_L)"
+                ) from None
+            if symbol not in symbols:
+                symbols.append(symbol)
+        attrs["beamline_elements_to_fit"] = symbols
+    keys = {"CAL_OFFSET_[E_OFFSET]": 0, "CAL_SLOPE_[E_LINEAR]": 1, "CAL_QUAD_[E_QUADRATIC]": 2}
+    values = [None, None, 0.0]
+    for key, index in keys.items():
+        if key in override and override[key].strip():
+            try:
+                values[index] = float(override[key])
+            except ValueError:
+                raise InvalidInputError(f"{where}: {key} is not a number: {override[key]!r}") from None
+    if values[0] is not None and values[1] is not None and values[1] > 0:
+        attrs["beamline_calibration_keV"] = [float(v) for v in values]
+    for key, name in (("FWHM_OFFSET", "beamline_fwhm_offset_keV"), ("FWHM_FANOPRIME", "beamline_fwhm_fanoprime")):
+        try:
+            value = float(override.get(key, "nan"))
+        except ValueError:
+            raise InvalidInputError(f"{where}: {key} is not a number: {override[key]!r}") from None
+        if np.isfinite(value) and value > 0:
+            attrs[name] = value
+    return attrs
 
 
 def _to_um(values: np.ndarray, unit: str, what: str) -> np.ndarray:
@@ -223,7 +277,7 @@ def xrf_from_mda(
     calibration = _calibration(mda, prefix, numbers[0])
     if live_time not in LIVE_TIME_SOURCES:
         raise InvalidInputError(f"live_time must be one of {LIVE_TIME_SOURCES}, got {live_time!r}")
-    attrs = {"source_format": "", "xrf_live_time": LIVE_TIME_SOURCES[live_time]}
+    attrs = {"source_format": "", "xrf_live_time": LIVE_TIME_SOURCES[live_time], **beamline_fit_settings(override)}
     if mda.rank == 3:
         spectra, live, real, shape = _step_scan_spectra(mda, prefix, numbers, live_time)
         positions, _ = _raster_positions(mda)

@@ -1,25 +1,34 @@
-"""Calibration on the summed spectrum: nonlinear least squares for the detector parameters.
+"""Calibration on the summed spectrum: energy scale, peak widths, scatter, escape, elements.
 
-The integrated spectrum of a scan has enough counts to fit the energy calibration
-(offset, gain, optionally quadratic), the peak-width parameters (electronic noise, Fano factor)
-and the Compton peak's position and width. The amplitudes of all components enter linearly and
-are solved exactly for every trial of the nonlinear parameters (variable projection: Golub &
-Pereyra, SIAM J. Numer. Anal. 10, 413 (1973)), so ``scipy.optimize.least_squares`` only sees
-the few nonlinear parameters. Residuals are weighted by the Poisson variance: first the
-observed counts (at least 1), then the fitted model's (one reweighting pass, which removes
-the low bias of weighting by observed counts).
+The integrated spectrum of a scan has enough counts to fit the detector's parameters: energy
+scale (offset, gain, optionally quadratic), peak widths (electronic noise, Fano factor), the
+Compton peak's shift and width and the Si escape fraction (relative to Reed & Ware's). The
+amplitudes enter linearly and are solved for every trial of those few nonlinear parameters
+(variable projection: Golub & Pereyra, SIAM J. Numer. Anal. 10, 413 (1973)), here as a
+*physical* linear fit (:mod:`xmulti.xrf.summed`): non-negative element, scatter and pile-up
+amplitudes and a smooth non-negative continuum, with channel variances that include a
+model-shape tolerance.
 
-The fit runs coarse-to-fine: the energy scale is first fitted with artificially broad peaks
-(larger capture range, when the nominal MCA calibration is off by several channels), then all
-parameters with the physical widths.
+What keeps it safe on spectra xmulti did not simulate:
 
-With ``elements=None`` the element list is built from the spectrum: strong residual peaks are
-matched to the lines of every element excited at the incident energy, and the candidate that
-lowers chi-square most is added, until no significant residual peak is left. When a given
-element list leaves strong peaks unexplained (reduced chi-square above 5), the same search
-adds the missing elements for the calibration only (so they do not drag the energy scale),
-and the result (model, amplitudes, residuals) keeps the given list, reports the peaks as
-suggestions and warns.
+- **a prior on the energy scale**: the fit starts from the file's axis (or the beamline's
+  calibration) and pays a Gaussian penalty for moving the energy of the first and last fitted
+  channels by more than ``prior_channels``; strong identified peaks overrule it, weak or
+  unidentified ones do not. The result reports the shift in channels and the elements whose
+  lines drove it;
+- **scatter only where it is**: elastic and Compton components are used when the incident
+  energy's peaks lie inside the recorded range and are seen (their chi-square gain passes a
+  5-sigma test); the continuum ends at the Compton peak only then;
+- **elements**: a given list is used as is (the beamline's or the user's); otherwise
+  :func:`xmulti.xrf.identify.identify_elements` adds what the spectrum needs beyond the known
+  elements, after the escape and pile-up peaks of accepted lines are in the model; with a given
+  list it reports what the list leaves unexplained;
+- **a goodness-of-fit gate**: the reduced chi-square with the shape tolerance; above
+  ``POOR_FIT`` the result is marked poor and names the energy ranges it cannot explain.
+
+The fit runs coarse-to-fine: the energy scale first with artificially broad peaks (capture
+range of several channels), then all parameters with the physical widths, then once more with
+the fitted model's variance (weights from observed counts bias low-count channels low).
 """
 
 from __future__ import annotations
@@ -30,9 +39,27 @@ import numpy as np
 
 from .. import physics
 from ..errors import InvalidInputError
-from .model import Calibration, SpectralModel, build_model, channel_energies_keV, fit_channels
+from .identify import ADD_PENALTY, Identification, identify_elements, prune_elements
+from .model import (
+    Calibration,
+    Component,
+    SpectralModel,
+    build_model,
+    channel_edges_keV,
+    channel_energies_keV,
+    element_components,
+    fit_channels,
+)
+from .shapes import _efficiency, _escape_fraction, peak_columns, pileup_column, windowed_peaks
+from .summed import (
+    CONTINUUM_KNOT_SPACING_KEV,
+    DEFAULT_SHAPE_TOLERANCE,
+    channel_variance,
+    continuum_pspline,
+    solve_nonnegative,
+)
 
-__all__ = ["CalibrationResult", "calibrate", "residual_peaks", "DEFAULT_FIT_PARAMETERS"]
+__all__ = ["CalibrationResult", "calibrate", "DEFAULT_FIT_PARAMETERS", "POOR_FIT"]
 
 #: Nonlinear parameters fitted by default (``"quadratic_keV"`` can be added).
 DEFAULT_FIT_PARAMETERS = (
@@ -42,29 +69,30 @@ DEFAULT_FIT_PARAMETERS = (
     "fano",
     "compton_shift_keV",
     "compton_width_keV",
+    "escape_scale",
+    "tail_fraction",
 )
-#: Parameter bounds: absolute (low, high), or for the energy scale relative to the initial
-#: calibration (offset +- 0.2 keV, gain +- 5 %), which keeps a fit with a wrong element list from
-#: wandering off to a different energy scale.
+#: Hard bounds: absolute (low, high), or for the energy scale relative to the initial
+#: calibration (offset +- 0.3 keV, gain +- 5 %); the prior keeps the scale much closer unless
+#: strong peaks demand otherwise.
 _BOUNDS = {
-    "offset_keV": ("relative", 0.2),
+    "offset_keV": ("relative", 0.3),
     "gain_keV": ("scale", 0.05),
     "quadratic_keV": (-1e-5, 1e-5),
     "noise_fwhm_keV": (0.03, 0.4),
     "fano": (0.05, 0.3),
     "compton_shift_keV": (-0.3, 0.3),
     "compton_width_keV": (0.0, 0.6),
+    "escape_scale": (0.0, 4.0),
+    "tail_fraction": (0.0, 0.3),
 }
-#: Passes of model-variance reweighting after the first fit.
-_REWEIGHT_PASSES = 1
-#: Floor of the model variance (counts) in the weights.
-_MIN_VARIANCE = 0.1
-#: Residual peaks whose candidates are ranked by chi-square (the others by distance).
-_RANKED_SUGGESTIONS = 5
-#: Reduced chi-square of the summed spectrum above which calibrate warns.
-_POOR_FIT = 5.0
-#: Elements searched when ``elements=None`` (Na .. U).
-_SEARCH_Z = range(11, 93)
+#: Reduced chi-square (with the shape tolerance) above which the summed fit is poor.
+POOR_FIT = 4.0
+#: Chi-square per channel (with the shape tolerance, smoothed over the detector width) above
+#: which a channel counts as unexplained in the gate's message.
+_UNEXPLAINED_LEVEL = 9.0
+#: Evaluations allowed per fitted parameter in one nonlinear fit.
+_EVALUATIONS_PER_PARAMETER = 12
 
 
 @dataclass
@@ -76,25 +104,43 @@ class CalibrationResult:
     calibration : Calibration
         Fitted calibration.
     elements : tuple of str
-        Elements in the model (given, or suggested when ``elements=None``).
+        Elements in the model: the given list, or the known ones plus those identified.
     amplitudes : dict of str to float
-        Counts of each component in the summed spectrum.
+        Counts of each peak component in the summed spectrum (non-negative), and ``continuum``
+        (continuum counts in the fitted range).
     model : SpectralModel
-        Design matrix at the fitted calibration.
+        Design matrix of the per-pixel fit at the fitted calibration.
     energy_keV : ndarray (n_fit,)
         Channel energies of the fitted range.
     observed, fitted : ndarray (n_fit,)
-        Summed spectrum and model over the fitted range.
+        Summed spectrum and its physical model over the fitted range.
     residuals : ndarray (n_fit,)
-        Pearson residuals ``(observed - fitted) / sqrt(max(fitted, 0.1))``.
-    chi_square : float
-        Sum of squared Pearson residuals.
-    reduced_chi_square : float
-        ``chi_square / (n_fit - n_parameters)``.
+        Pearson residuals ``(observed - fitted) / sqrt(max(fitted, 1))``.
+    chi_square, reduced_chi_square : float
+        Poisson chi-square and per degree of freedom.
+    tolerant_reduced_chi_square : float
+        Reduced chi-square with the model-shape tolerance (what the gate judges).
+    quality : str
+        ``"good"`` or ``"poor"`` (see ``message``).
+    message : str
+        One line on the fit: the shift, and for a poor fit the ranges it cannot explain and what
+        to try.
+    energy_shift_channels : (float, float)
+        Energy change of the first and last fitted channel from the initial calibration, in
+        channels.
+    shift_drivers : tuple of str
+        Elements whose lines dominate the energy scale (the strongest in the model).
+    scatter : bool
+        Whether elastic and Compton components are modelled.
+    identification : Identification or None
+        What element identification found or left unexplained.
     suggested_elements : list of dict
-        Strong unexplained residual peaks: ``energy_keV``, ``significance`` (sigma) and
-        ``candidates`` (elements with a line there; for the five strongest peaks ordered by
-        the chi-square of the fit with each added, best first).
+        Unexplained residual peaks: ``energy_keV``, ``significance`` (sigma) and ``candidates``
+        (element symbols tried, best first).
+    unexplained_ranges_keV : list of (float, float)
+        Energy ranges the model cannot explain (poor fits).
+    element_source : str
+        Where the element list came from (set by :func:`xmulti.xrf.maps.calibrate_scan`).
     """
 
     calibration: Calibration
@@ -107,26 +153,139 @@ class CalibrationResult:
     residuals: np.ndarray
     chi_square: float
     reduced_chi_square: float
+    tolerant_reduced_chi_square: float = 0.0
+    quality: str = "good"
+    message: str = ""
+    energy_shift_channels: tuple[float, float] = (0.0, 0.0)
+    shift_drivers: tuple[str, ...] = ()
+    scatter: bool = True
+    identification: Identification | None = None
     suggested_elements: list[dict] = field(default_factory=list)
+    unexplained_ranges_keV: list[tuple[float, float]] = field(default_factory=list)
+    element_source: str = "given"
 
 
-def _linear_solve(matrix, observed, weights):
-    """Weighted linear least squares for the amplitudes (normal equations, columns scaled to
-    unit norm: well conditioned for these few, distinct columns, and much faster than SVD)."""
-    a = matrix * weights[:, None]
-    scale = np.sqrt(np.maximum(np.einsum("ij,ij->j", a, a), 1e-300))
-    a = a / scale
-    normal = a.T @ a
-    rhs = a.T @ (observed * weights)
-    try:
-        solution = np.linalg.solve(normal, rhs)
-    except np.linalg.LinAlgError:  # singular (e.g. duplicate component): minimum-norm solution
-        solution = np.linalg.lstsq(a, observed * weights, rcond=None)[0]
-    return solution / scale
+class _SummedProblem:
+    """The summed spectrum over fixed rows and the builders of its design matrices."""
 
+    def __init__(self, spectrum, incident_energy_keV, initial, energy_range_keV, shape_tolerance, options):
+        self.y_full = spectrum
+        self.n_channels = spectrum.size
+        self.e0 = float(incident_energy_keV)
+        energies = channel_energies_keV(np.arange(self.n_channels), initial)
+        self.rows = fit_channels(energies, self.e0, energy_range_keV)
+        self.channels = np.arange(self.rows.start, self.rows.stop)
+        self.y = spectrum[self.rows]
+        self.tolerance = shape_tolerance
+        # a line's flanks: two detector widths at 5 keV, in channels
+        self.spread = int(round(2 * physics.detector_sigma_keV(5.0, initial.noise_fwhm_keV, initial.fano)
+                                / initial.gain_keV))
+        self.angle = float(options.get("scattering_angle_deg", 90.0))
+        self.escape = bool(options.get("escape", True))
+        self.scatter_escape = bool(options.get("scatter_escape", True))
+        self.be_um = float(options.get("be_window_um", 8.0))
+        self.si_mm = float(options.get("si_thickness_mm", 0.35))
+        self.families = tuple(options.get("families", ("K", "L", "M")))
+        self.tie = bool(options.get("tie_families", True))
+        self.scatter = False
+        self.pileup_lines = None
+        self._components: dict[str, list[Component]] = {}
+        self._tables: dict[tuple, tuple] = {}
+        self._free: dict[tuple, np.ndarray] = {}
+        # the continuum's knots are fixed in channels (they need not follow the calibration)
+        self.spline = continuum_pspline(self.channels.astype(float), CONTINUUM_KNOT_SPACING_KEV / initial.gain_keV)
 
-def _pearson(observed, fitted):
-    return (observed - fitted) / np.sqrt(np.maximum(fitted, _MIN_VARIANCE))
+    def components(self, symbols) -> list[Component]:
+        out = []
+        for s in symbols:
+            if s not in self._components:
+                self._components[s] = element_components([s], self.e0, self.families, self.tie)
+            out += self._components[s]
+        return out
+
+    def energies(self, cal):
+        return channel_energies_keV(self.channels, cal)
+
+    def _line_table(self, symbols):
+        """Lines of the element components as flat arrays (energy, detected weight, Reed & Ware
+        escape fraction, column), built once per element list: a trial calibration only
+        changes the widths, positions and escape scale."""
+        key = tuple(symbols)
+        if key not in self._tables:
+            comps = self.components(symbols)
+            energies, weights, fractions, columns = [], [], [], []
+            for k, comp in enumerate(comps):
+                e = np.asarray(comp.line_energies_keV)
+                w = np.asarray(comp.line_weights) * _efficiency(comp.line_energies_keV, self.be_um, self.si_mm)
+                energies.append(e)
+                weights.append(w / w.sum())
+                fractions.append(_escape_fraction(comp.line_energies_keV) if self.escape else np.zeros(e.size))
+                columns.append(np.full(e.size, k))
+            self._tables[key] = (comps, *(np.concatenate(a) if a else np.zeros(0) for a in
+                                         (energies, weights, fractions, columns)))
+        return self._tables[key]
+
+    def peaks(self, cal, symbols, scatter=None):
+        comps, energies, weights, fractions, columns = self._line_table(symbols)
+        comps = list(comps)
+        n_elements = len(comps)
+        scatter = self.scatter if scatter is None else scatter
+        if scatter:
+            comps += [Component("elastic", "scatter"), Component("compton", "scatter")]
+        matrix = np.zeros((self.channels.size, len(comps)))
+        if energies.size:
+            f = np.minimum(fractions * cal.escape_scale, 0.5)
+            esc = f > 0
+            centres = np.concatenate([energies, energies[esc] - physics.SI_KA_ESCAPE_KEV])
+            sigmas = physics.detector_sigma_keV(np.maximum(centres, 0.0), cal.noise_fwhm_keV, cal.fano)
+            w = np.concatenate([weights * (1.0 - f), (weights * f)[esc]])
+            index = np.concatenate([columns, columns[esc]]).astype(int)
+            matrix += windowed_peaks(self.channels, cal, centres, sigmas, w, index, len(comps), cal.tail_fraction)
+        if scatter:
+            matrix[:, n_elements:] = peak_columns(comps[n_elements:], self.channels, cal, self.e0, self.angle,
+                                                  self.escape, self.be_um, self.si_mm, self.scatter_escape)
+        return comps, matrix
+
+    def compton_keV(self, cal):
+        return physics.compton_energy_keV(self.e0, self.angle) + cal.compton_shift_keV
+
+    def design(self, cal, symbols, scatter=None, pileup=True):
+        """``[peaks | pile-up | continuum P-spline]``, component names, continuum columns."""
+        scatter = self.scatter if scatter is None else scatter
+        comps, matrix = self.peaks(cal, symbols, scatter)
+        names = [c.name for c in comps]
+        blocks = [matrix]
+        if pileup and self.pileup_lines is not None:
+            blocks.append(pileup_column(*self.pileup_lines, self.channels, cal)[:, None])
+            names.append("pileup")
+        continuum = self.spline
+        if scatter:  # the continuum of scattered photons ends at the Compton peak
+            from scipy.special import erfc
+
+            edge = self.compton_keV(cal)
+            width = float(np.hypot(physics.detector_sigma_keV(edge, cal.noise_fwhm_keV, cal.fano),
+                                   cal.compton_width_keV))
+            step = 0.5 * erfc((self.energies(cal) - edge) / (np.sqrt(2.0) * width))
+            stepped = continuum * step[:, None]
+            # splines left with under 5 % of their area below the edge would only scale up noise
+            continuum = stepped[:, stepped.sum(axis=0) > 0.05 * continuum.sum(axis=0)]
+        first = sum(b.shape[1] for b in blocks)
+        blocks.append(continuum)
+        names += [f"continuum_{i}" for i in range(continuum.shape[1])]
+        return np.concatenate(blocks, axis=1), names, list(range(first, first + continuum.shape[1]))
+
+    def solve(self, cal, symbols, variance=None, scatter=None, pileup=True, with_sigmas=False):
+        """Physical linear fit at a calibration: (names, SummedSolution, variance used)."""
+        matrix, names, continuum = self.design(cal, symbols, scatter, pileup)
+        key = tuple(names)
+        if variance is None:
+            variance = channel_variance(np.maximum(self.y, 1.0), self.tolerance, self.spread)
+            first = solve_nonnegative(matrix, self.y, variance, continuum, free_hint=self._free.get(key))
+            variance = channel_variance(first.fitted, self.tolerance, self.spread)
+        solution = solve_nonnegative(matrix, self.y, variance, continuum, with_sigmas=with_sigmas,
+                                     free_hint=self._free.get(key))
+        self._free[key] = solution.amplitudes > 0  # the next trial's free set, most likely
+        return names, solution, variance
 
 
 def calibrate(
@@ -135,15 +294,20 @@ def calibrate(
     initial: Calibration,
     elements=None,
     *,
+    known_elements=(),
     fit_parameters: tuple[str, ...] = DEFAULT_FIT_PARAMETERS,
     energy_range_keV: tuple[float, float] | None = None,
     n_continuum: int = 8,
-    suggest_threshold_sigma: float = 8.0,
+    prior_channels: float = 3.0,
+    identify: bool = True,
+    suggest_threshold_sigma: float = 5.0,
     max_elements: int = 20,
-    pileup: bool = False,
+    pileup: bool | str = "auto",
+    shape_tolerance: float = DEFAULT_SHAPE_TOLERANCE,
+    candidates=None,
     **model_options,
 ) -> CalibrationResult:
-    """Fit the calibration and component amplitudes to a summed spectrum.
+    """Fit the calibration, the scatter and the elements of a summed spectrum.
 
     Parameters
     ----------
@@ -152,32 +316,54 @@ def calibrate(
     incident_energy_keV : float
         Incident photon energy (keV).
     initial : Calibration
-        Starting point (e.g. the MCA's nominal offset and gain); within about 2 % in gain.
+        Starting point: the file's energy axis, or the beamline's calibration.
     elements : iterable of str, optional
-        Elements to model. None: build the list from the spectrum (see module doc).
+        Elements to model, exactly (identification then only reports what they leave
+        unexplained). None: ``known_elements`` plus those identified.
+    known_elements : iterable of str
+        Elements always modelled when ``elements`` is None (e.g. a standard's certified ones).
     fit_parameters : tuple of str
         Calibration fields to fit; the others stay at their ``initial`` value.
     energy_range_keV : (low, high), optional
         Fitted range (keV), default 1.0 keV to E0 + 0.6 keV at the initial calibration.
     n_continuum : int
-        Number of continuum B-splines.
+        B-splines of the per-pixel model's continuum (the summed fit uses its own P-spline).
+    prior_channels : float
+        Standard deviation of the energy-scale prior, in channels at the ends of the range.
+    identify : bool
+        Identify elements (with ``elements=None``) or report unexplained peaks.
     suggest_threshold_sigma : float
-        Significance (matched-filter sigma) of a residual peak to be reported or added.
+        Significance (matched-filter sigma) of a residual peak to be examined.
     max_elements : int
-        Cap on the automatic element list.
-    pileup : bool
-        Add a pile-up component: sum peaks of every pair of fitted lines (elements and scatter),
-        weighted by the product of their fitted counts.
+        Cap on identified elements.
+    pileup : bool or "auto"
+        Model sum peaks of the fitted lines: always, never, or when they pass a 5-sigma test.
+    shape_tolerance : float
+        Relative model-shape tolerance of the channel variance (:mod:`xmulti.xrf.summed`).
+    candidates : iterable of str, optional
+        Elements identification may add (default: those that occur in samples).
     **model_options
-        Passed to :func:`xmulti.xrf.model.build_model` (``escape``, ``tie_families``,
-        ``be_window_um``, ``si_thickness_mm``, ``scattering_angle_deg``...).
+        ``escape``, ``tie_families``, ``be_window_um``, ``si_thickness_mm``,
+        ``scattering_angle_deg``, ``scatter_escape``, ``families`` (see
+        :func:`xmulti.xrf.model.build_model`).
 
     Returns
     -------
     CalibrationResult
     """
-    from scipy.optimize import least_squares
+    from threadpoolctl import threadpool_limits
 
+    # matrices of a thousand rows and tens of columns: one BLAS thread is fastest (and leaves
+    # the other cores to the caller's workers)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _calibrate(spectrum, incident_energy_keV, initial, elements, known_elements, fit_parameters,
+                          energy_range_keV, n_continuum, prior_channels, identify, suggest_threshold_sigma,
+                          max_elements, pileup, shape_tolerance, candidates, model_options)
+
+
+def _calibrate(spectrum, incident_energy_keV, initial, elements, known_elements, fit_parameters, energy_range_keV,
+               n_continuum, prior_channels, identify, suggest_threshold_sigma, max_elements, pileup, shape_tolerance,
+               candidates, model_options) -> CalibrationResult:
     y_full = np.asarray(spectrum, dtype=np.float64)
     if y_full.ndim != 1:
         raise InvalidInputError(f"calibrate expects one summed spectrum, got shape {y_full.shape}")
@@ -186,123 +372,339 @@ def calibrate(
     unknown = sorted(set(fit_parameters) - set(_BOUNDS))
     if unknown:
         raise InvalidInputError(f"cannot fit {unknown}; choose among {sorted(_BOUNDS)}")
-    n_channels = y_full.size
-    energies = channel_energies_keV(np.arange(n_channels), initial)
-    sl = fit_channels(energies, incident_energy_keV, energy_range_keV)
-    y = y_full[sl]
-    if y.sum() <= 0:
+    if not incident_energy_keV or not incident_energy_keV > 0:
+        raise InvalidInputError(f"incident energy must be positive, got {incident_energy_keV} keV")
+    if not initial.gain_keV > 0:
+        raise InvalidInputError(f"the energy axis decreases (gain {initial.gain_keV} keV per channel)")
+    problem = _SummedProblem(y_full, incident_energy_keV, initial, energy_range_keV, shape_tolerance,
+                             model_options)
+    if problem.y.sum() <= 0:
         raise InvalidInputError("summed spectrum has no counts in the fitted energy range")
-    weights = 1.0 / np.sqrt(np.maximum(y, 1.0))
-    options = dict(model_options, n_continuum=n_continuum, channel_slice=sl)
+    requested = None if elements is None else [str(e).strip() for e in elements]
+    known = requested if requested is not None else [str(e).strip() for e in known_elements]
+    element_components(known, problem.e0, problem.families, problem.tie)  # unknown symbols fail here
+    problem.scatter = _scatter_in_range(problem, initial)
+    fitter = _NonlinearFit(problem, initial, fit_parameters, prior_channels)
 
-    def build(cal, els):
-        return build_model(els, incident_energy_keV, cal, n_channels, **options)
+    cal = initial
+    if known:  # scatter peaks alone do not pin the widths: with no element, wait for the first ones
+        cal = fitter.coarse(cal, known)
+        cal = fitter.fine(cal, known)
+    current = list(known)
+    calibration_elements = current  # what the nonlinear fits see
+    identification = None
+    if requested is None and identify:
+        identification, cal = _identify(problem, cal, current, True, suggest_threshold_sigma, max_elements,
+                                        candidates, fitter)
+        current = calibration_elements = current + list(identification.elements)
+        cal = fitter.fine(cal, current)
+    elif requested is not None and identify and _tolerant_chi_square(problem, cal, current) > POOR_FIT:
+        # strong peaks the given list leaves out pull the calibration: calibrate with the
+        # missing elements too (they are reported, not fitted)
+        extra, trial = _identify(problem, cal, current, True, suggest_threshold_sigma, max_elements, candidates,
+                                 fitter)
+        if extra.elements:
+            calibration_elements = current + list(extra.elements)
+            cal = fitter.fine(trial, calibration_elements)
+    if problem.scatter and not _scatter_seen(problem, cal, calibration_elements):
+        problem.scatter = False
+        cal = fitter.fine(cal, calibration_elements)
+    if pileup:
+        problem.pileup_lines = _detected_lines(problem, cal, calibration_elements)
+        if pileup == "auto" and not _pileup_seen(problem, cal, calibration_elements):
+            problem.pileup_lines = None
+    cal = fitter.fine(cal, calibration_elements, model_variance=True)
+    if identification is not None and identification.elements:
+        # identified at a provisional calibration: keep only what the final one still needs
+        kept, dropped, evidence = prune_elements(problem.y, _Context(problem, cal, None), current, known,
+                                                 problem.tolerance, problem.spread)
+        if dropped:
+            current = kept
+            identification.dropped += dropped
+            identification.elements = tuple(s for s in kept if s not in known)
+            identification.ambiguous = [a for a in identification.ambiguous if a["chosen"] in kept]
+            cal = fitter.fine(cal, current, model_variance=True)
+        identification.evidence = {s: evidence[s] for s in identification.elements if s in evidence}
+    if identify:  # what the final model leaves unexplained, at the final calibration
+        report, _ = _identify(problem, cal, current, False, suggest_threshold_sigma, max_elements, candidates)
+        if identification is None:
+            identification = report
+        else:
+            identification.unexplained = report.unexplained
+    return _result(problem, initial, cal, current, identification, n_continuum, len(fitter.names))
 
-    def fit_nonlinear(cal, els, names):
+
+class _Context:
+    """:class:`xmulti.xrf.identify.IdentifyContext` over the summed problem; ``refine`` refits
+    the calibration (the identification's first elements pin the energy scale)."""
+
+    def __init__(self, problem: _SummedProblem, cal: Calibration, fitter: _NonlinearFit | None):
+        self.problem = problem
+        self.cal = cal
+        self.fitter = fitter
+
+    def axes(self):
+        energies = self.problem.energies(self.cal)
+        lo, hi = channel_edges_keV(self.problem.channels, self.cal)
+        sigmas = physics.detector_sigma_keV(np.maximum(energies, 0.0), self.cal.noise_fwhm_keV, self.cal.fano)
+        return energies, sigmas, lo, hi
+
+    def base(self, elements):
+        matrix, _, continuum = self.problem.design(self.cal, elements)
+        return matrix, continuum
+
+    def columns(self, symbols, shift_channels=0.0):
+        cal = self.cal
+        if shift_channels:
+            cal = cal.replace(offset_keV=cal.offset_keV + shift_channels * cal.gain_keV)
+        return self.problem.peaks(cal, symbols, scatter=False)[1]
+
+    def peak(self, energy_keV):
+        from .shapes import gaussian_peaks
+
+        lo, hi = channel_edges_keV(self.problem.channels, self.cal)
+        sigma = physics.detector_sigma_keV(energy_keV, self.cal.noise_fwhm_keV, self.cal.fano)
+        return gaussian_peaks(lo, hi, [energy_keV], [sigma])[:, 0]
+
+    def refine(self, elements):
+        if self.fitter is not None:  # the energy scale only: widths need the whole element list
+            self.cal = self.fitter.scale(self.fitter.coarse(self.cal, elements), elements)
+
+
+def _identify(problem, cal, known, add, threshold, max_elements, candidates, fitter=None):
+    """:func:`identify_elements` at a calibration; returns it and the (refined) calibration."""
+    context = _Context(problem, cal, fitter)
+    found = identify_elements(
+        problem.y, context, problem.e0, known=known, add=add, threshold_sigma=threshold,
+        shape_tolerance=problem.tolerance, spread_channels=problem.spread, max_added=max_elements,
+        candidates=candidates,
+    )
+    return found, context.cal
+
+
+def _tolerant_chi_square(problem: _SummedProblem, cal: Calibration, symbols) -> float:
+    """Reduced chi-square with the shape tolerance of the physical fit at a calibration."""
+    _, solution, variance = problem.solve(cal, symbols)
+    return float(np.sum((problem.y - solution.fitted) ** 2 / variance)) / max(1, problem.y.size)
+
+
+class _NonlinearFit:
+    """Variable-projection fits of the calibration with the energy-scale prior."""
+
+    def __init__(self, problem: _SummedProblem, initial: Calibration, fit_parameters, prior_channels):
+        self.problem = problem
+        self.initial = initial
+        self.names = list(fit_parameters)
+        self.prior_channels = float(prior_channels)
+        ends = np.array([problem.channels[0], problem.channels[-1]], dtype=float)
+        self.ends = ends
+        self.initial_ends = channel_energies_keV(ends, initial)
+
+    def _active(self, names):
+        out = [n for n in names if n in self.names]
+        if not self.problem.scatter:
+            out = [n for n in out if not n.startswith("compton")]
+        if not self.problem.escape:
+            out = [n for n in out if n != "escape_scale"]
+        return out
+
+    def _prior(self, cal):
+        if self.prior_channels <= 0:
+            return np.zeros(0)
+        shift = channel_energies_keV(self.ends, cal) - self.initial_ends
+        return shift / (self.prior_channels * self.initial.gain_keV)
+
+    def fit(self, cal, symbols, names, variance):
+        from scipy.optimize import least_squares
+
+        names = self._active(names)
         if not names:
             return cal
-        x0 = np.array([getattr(cal, n) for n in names], dtype=float)
-        lower, upper = np.array([_bounds(n, initial) for n in names]).T
-        x0 = np.clip(x0, lower + 1e-12, upper - 1e-12)
+        problem = self.problem
+        # fitted in units of each parameter's typical change, so finite-difference steps and
+        # trust regions are alike for all of them
+        start = np.array([getattr(cal, n) for n in names], dtype=float)
         scale = np.array([_parameter_scale(n, cal) for n in names])
+        lower, upper = np.array([_bounds(n, self.initial) for n in names]).T
+        start = np.clip(start, lower + 1e-12, upper - 1e-12)
+        w = 1.0 / np.sqrt(variance)
+        use_prior = bool({"offset_keV", "gain_keV", "quadratic_keV"} & set(names))
 
-        def residual(x):
-            trial = cal.replace(**dict(zip(names, x, strict=True)))
-            g = build(trial, els).matrix
-            return (y - g @ _linear_solve(g, y, weights)) * weights
+        def trial(u):
+            return cal.replace(**dict(zip(names, (float(v) for v in start + u * scale), strict=True)))
 
-        result = least_squares(residual, x0, bounds=(lower, upper), x_scale=scale, method="trf")
-        return cal.replace(**dict(zip(names, result.x, strict=True)))
+        def residual(u):
+            candidate = trial(u)
+            _, solution, _ = problem.solve(candidate, symbols, variance)
+            r = (problem.y - solution.fitted) * w
+            return np.concatenate([r, self._prior(candidate)]) if use_prior else r
 
-    auto = elements is None
-    requested = [] if auto else [str(e).strip() for e in elements]
-    current = list(requested)
-    cal = initial
+        result = least_squares(residual, np.zeros(len(names)), bounds=((lower - start) / scale, (upper - start) / scale),
+                               method="trf", max_nfev=_EVALUATIONS_PER_PARAMETER * len(names), diff_step=0.05,
+                               xtol=1e-4, ftol=1e-5)
+        return trial(result.x)
 
-    def grow(cal, current):
-        """Add the best candidate of the strongest residual peak until none is left."""
-        for _ in range(max_elements):
-            model = build(cal, current)
-            fitted = model.matrix @ _linear_solve(model.matrix, y, weights)
-            peaks = residual_peaks(y, fitted, model, suggest_threshold_sigma, exclude=current)
-            added = False
-            for peak in peaks:
-                best = _best_candidate(peak["candidates"], current, cal, build, y, weights)
-                if best is not None:
-                    current.append(best)
-                    added = True
-                    break
-            if not added:
-                break
-            # scatter peaks alone do not pin the energy scale: refit once two elements are known
-            if len(current) >= 2:
-                cal = fit_nonlinear(cal, current, list(fit_parameters))
-        return cal, current
+    def variance(self, cal, symbols, model: bool):
+        problem = self.problem
+        if not model:
+            return channel_variance(np.maximum(problem.y, 1.0), problem.tolerance, problem.spread)
+        _, _, variance = problem.solve(cal, symbols)
+        return variance
 
-    if auto:
-        cal, current = grow(cal, current)
-    else:
-        # coarse: broad peaks widen the capture range of the energy scale
-        scale_names = [n for n in ("offset_keV", "gain_keV") if n in fit_parameters]
-        if scale_names:
-            broad = cal.replace(noise_fwhm_keV=max(cal.noise_fwhm_keV, 0.35))
-            coarse = fit_nonlinear(broad, current, scale_names)
-            cal = cal.replace(**{n: getattr(coarse, n) for n in scale_names})
-        cal = fit_nonlinear(cal, current, list(fit_parameters))
-        model = build(cal, current)
-        residual = (y - model.matrix @ _linear_solve(model.matrix, y, weights)) * weights
-        if np.sum(residual**2) / y.size > _POOR_FIT:
-            # Strong unexplained peaks pull the energy scale off: calibrate with the missing
-            # elements added (from the initial calibration); they are reported, not fitted.
-            cal, current = grow(initial, current)
-    # Weights from the observed counts bias low-count channels low (Neyman's chi-square):
-    # reweight with the fitted model's variance and refit (iteratively reweighted).
-    for _ in range(_REWEIGHT_PASSES):
-        model = build(cal, current)
-        fitted = model.matrix @ _linear_solve(model.matrix, y, weights)
-        weights[:] = 1.0 / np.sqrt(np.maximum(fitted, _MIN_VARIANCE))
-        cal = fit_nonlinear(cal, current, list(fit_parameters))
-    model = build(cal, requested if not auto else current)
-    amplitudes = _linear_solve(model.matrix, y, weights)
-    final_elements = requested if not auto else current
-    if pileup:
-        # sum peaks of the detected lines, with their fitted counts (rate squared: the shape is
-        # fixed by the summed spectrum, its amplitude is fitted)
-        options["pileup_lines"] = _detected_lines(model, amplitudes)
-        model = build(cal, final_elements)
-        amplitudes = _linear_solve(model.matrix, y, weights)
-    fitted = model.matrix @ amplitudes
-    residuals = _pearson(y, fitted)
+    def coarse(self, cal, symbols):
+        """Energy scale with broad peaks (a capture range of several channels), from the
+        fluorescence lines only: the scatter peaks' shape and shift are not known yet."""
+        names = [n for n in ("offset_keV", "gain_keV") if n in self.names]
+        if not names:
+            return cal
+        broad = cal.replace(noise_fwhm_keV=max(cal.noise_fwhm_keV, 0.35))
+        variance = self.variance(broad, symbols, model=False)
+        if self.problem.scatter:
+            below = self.problem.energies(cal) < self.problem.compton_keV(cal) - 0.6
+            variance = np.where(below, variance, np.inf)
+        fitted = self.fit(broad, symbols, names, variance)
+        return cal.replace(**{n: getattr(fitted, n) for n in names})
+
+    def scale(self, cal, symbols):
+        """Offset and gain (and quadratic) with the physical widths."""
+        names = [n for n in ("offset_keV", "gain_keV", "quadratic_keV") if n in self.names]
+        return self.fit(cal, symbols, names, self.variance(cal, symbols, model=False))
+
+    def fine(self, cal, symbols, model_variance: bool = False):
+        """All parameters, weights from the data (or from the model, the final pass)."""
+        return self.fit(cal, symbols, self.names, self.variance(cal, symbols, model_variance))
+
+
+def _scatter_in_range(problem: _SummedProblem, cal: Calibration) -> bool:
+    """Elastic and Compton peaks both inside the fitted range (with two widths of margin)."""
+    energies = problem.energies(cal)
+    sigma = physics.detector_sigma_keV(problem.e0, cal.noise_fwhm_keV, cal.fano)
+    compton = problem.compton_keV(cal)
+    return bool(energies[0] < compton - 2 * sigma and problem.e0 + 2 * sigma < energies[-1])
+
+
+def _scatter_seen(problem: _SummedProblem, cal: Calibration, symbols) -> bool:
+    """Scatter peaks lower chi-square by more than the 5-sigma penalty."""
+    _, with_scatter, variance = problem.solve(cal, symbols, scatter=True)
+    _, without, _ = problem.solve(cal, symbols, variance, scatter=False)
+    return without.chi_square - with_scatter.chi_square > 2 * ADD_PENALTY
+
+
+def _pileup_seen(problem: _SummedProblem, cal: Calibration, symbols) -> bool:
+    _, with_pileup, variance = problem.solve(cal, symbols, pileup=True)
+    _, without, _ = problem.solve(cal, symbols, variance, pileup=False)
+    return without.chi_square - with_pileup.chi_square > ADD_PENALTY
+
+
+def _detected_lines(problem: _SummedProblem, cal: Calibration, symbols) -> tuple[np.ndarray, np.ndarray]:
+    """Energies and fitted counts of the element and scatter lines (for the pile-up shape)."""
+    names, solution, _ = problem.solve(cal, symbols, pileup=False)
+    amplitude = dict(zip(names, solution.amplitudes, strict=True))
+    energies, counts = [], []
+    for comp in problem.components(symbols):
+        a = amplitude.get(comp.name, 0.0)
+        if a > 0:
+            energies.extend(comp.line_energies_keV)
+            counts.extend(a * np.asarray(comp.line_weights))
+    if problem.scatter:
+        energies += [problem.e0, problem.compton_keV(cal)]
+        counts += [amplitude.get("elastic", 0.0), amplitude.get("compton", 0.0)]
+    return np.asarray(energies), np.asarray(counts)
+
+
+def _result(problem, initial, cal, elements, identification, n_continuum, n_nonlinear) -> CalibrationResult:
+    names, solution, variance = problem.solve(cal, elements, with_sigmas=True)
+    y = problem.y
+    fitted = solution.fitted
+    amplitudes = {n: float(a) for n, a in zip(names, solution.amplitudes, strict=True)
+                  if not n.startswith("continuum_")}
+    continuum_columns = [i for i, n in enumerate(names) if n.startswith("continuum_")]
+    matrix, _, _ = problem.design(cal, elements)
+    amplitudes["continuum"] = float(matrix[:, continuum_columns].sum(axis=0) @ solution.amplitudes[continuum_columns])
+    residuals = (y - fitted) / np.sqrt(np.maximum(fitted, 1.0))
     chi2 = float(np.sum(residuals**2))
-    dof = max(1, y.size - model.matrix.shape[1] - len(fit_parameters))
-    suggestions = residual_peaks(y, fitted, model, suggest_threshold_sigma, final_elements)
-    for peak in suggestions[:_RANKED_SUGGESTIONS]:  # best explanation first
-        peak["candidates"] = _rank_candidates(peak["candidates"], final_elements, cal, build, y, weights)
-    if chi2 / dof > _POOR_FIT and suggestions:
-        import warnings
-
-        peaks = ", ".join(
-            f"{p['energy_keV']:.2f} keV ({'/'.join(p['candidates'][:3]) or '?'})" for p in suggestions[:3]
-        )
-        warnings.warn(
-            f"poor fit of the summed spectrum (reduced chi-square {chi2 / dof:.1f}): the energy "
-            f"calibration may be wrong; unexplained peaks at {peaks}. Add the missing elements "
-            "or pass elements=None.",
-            stacklevel=2,
-        )
+    dof = max(1, y.size - int(np.sum(solution.amplitudes > 0)) - n_nonlinear)
+    tolerant = float(np.sum((y - fitted) ** 2 / variance)) / dof
+    model = build_model(
+        elements, problem.e0, cal, problem.n_channels, n_continuum=n_continuum, scatter=problem.scatter,
+        escape=problem.escape, pileup_lines=problem.pileup_lines, scattering_angle_deg=problem.angle,
+        be_window_um=problem.be_um, si_thickness_mm=problem.si_mm, families=problem.families,
+        tie_families=problem.tie, channel_slice=problem.rows, continuum_edge=problem.scatter,
+        scatter_escape=problem.scatter_escape,
+    )
+    energies = problem.energies(cal)
+    shift = (channel_energies_keV(problem.channels[[0, -1]], cal)
+             - channel_energies_keV(problem.channels[[0, -1]], initial)) / initial.gain_keV
+    drivers = tuple(sorted((n for n in amplitudes if n in elements), key=lambda n: -amplitudes[n])[:3])
+    ranges = _unexplained_ranges(y, fitted, variance, energies, cal)
+    quality = "poor" if tolerant > POOR_FIT else "good"
+    suggestions = [
+        {"energy_keV": p["energy_keV"], "significance": p["significance"],
+         "candidates": [c["element"] for c in p["candidates"]]}
+        for p in (identification.unexplained if identification else [])
+    ]
+    message = _message(quality, tolerant, shift, drivers, ranges, suggestions, identification)
     return CalibrationResult(
         calibration=cal,
-        elements=tuple(final_elements),
-        amplitudes=dict(zip(model.names, (float(a) for a in amplitudes), strict=True)),
+        elements=tuple(elements),
+        amplitudes=amplitudes,
         model=model,
-        energy_keV=channel_energies_keV(np.arange(n_channels)[sl], cal),
+        energy_keV=energies,
         observed=y,
         fitted=fitted,
         residuals=residuals,
         chi_square=chi2,
         reduced_chi_square=chi2 / dof,
+        tolerant_reduced_chi_square=tolerant,
+        quality=quality,
+        message=message,
+        energy_shift_channels=(float(shift[0]), float(shift[1])),
+        shift_drivers=drivers,
+        scatter=problem.scatter,
+        identification=identification,
         suggested_elements=suggestions,
+        unexplained_ranges_keV=ranges,
     )
+
+
+def _unexplained_ranges(y, fitted, variance, energies, cal) -> list[tuple[float, float]]:
+    """Energy ranges whose chi-square per channel, averaged over a detector width, is high."""
+    per_channel = (y - fitted) ** 2 / variance
+    width = max(1, int(round(physics.detector_sigma_keV(5.0, cal.noise_fwhm_keV, cal.fano) / cal.gain_keV)))
+    smooth = np.convolve(per_channel, np.ones(2 * width + 1) / (2 * width + 1), mode="same")
+    bad = smooth > _UNEXPLAINED_LEVEL
+    ranges = []
+    i = 0
+    while i < bad.size:
+        if bad[i]:
+            j = i
+            while j + 1 < bad.size and bad[j + 1]:
+                j += 1
+            ranges.append((round(float(energies[i]), 2), round(float(energies[j]), 2), float(smooth[i:j + 1].sum())))
+            i = j + 1
+        else:
+            i += 1
+    ranges.sort(key=lambda r: -r[2])
+    return [(lo, hi) for lo, hi, _ in ranges[:5]]
+
+
+def _message(quality, tolerant, shift, drivers, ranges, suggestions, identification) -> str:
+    """One line on the summed fit for the log and the store."""
+    moved = f"energy scale moved {shift[0]:+.1f} / {shift[1]:+.1f} channels at the ends of the range"
+    if drivers and max(abs(shift[0]), abs(shift[1])) >= 0.5:
+        moved += f" (driven by {', '.join(drivers)})"
+    if quality == "good":
+        return f"summed fit good (reduced chi-square {tolerant:.2f} with 2 % shape tolerance); {moved}"
+    where = ", ".join(f"{lo:.2f}-{hi:.2f} keV" for lo, hi in ranges[:3]) or "no single range"
+    hint = ""
+    if suggestions:
+        peaks = "; ".join(f"{p['energy_keV']:.2f} keV: {'/'.join(p['candidates'][:3]) or 'no element'}"
+                          for p in suggestions[:3])
+        hint = f" Unexplained peaks ({peaks}): add the elements that belong to the sample, or check the incident energy."
+    else:
+        hint = " Check the incident energy, the detector's energy axis and the fitted energy range."
+    return (f"summed fit POOR (reduced chi-square {tolerant:.1f} with 2 % shape tolerance): the model cannot "
+            f"explain {where}; {moved}.{hint}")
 
 
 def _bounds(name: str, initial: Calibration) -> tuple[float, float]:
@@ -316,25 +718,6 @@ def _bounds(name: str, initial: Calibration) -> tuple[float, float]:
     return kind, value
 
 
-def _detected_lines(model: SpectralModel, amplitudes) -> tuple[np.ndarray, np.ndarray]:
-    """Energies and fitted counts of the element and scatter lines of a fitted model."""
-    energies, counts = [], []
-    e0 = model.incident_energy_keV
-    for comp, amplitude in zip(model.components, amplitudes, strict=True):
-        if amplitude <= 0:
-            continue
-        if comp.kind == "element":
-            energies.extend(comp.line_energies_keV)
-            counts.extend(amplitude * np.asarray(comp.line_weights))
-        elif comp.name == "elastic":
-            energies.append(e0)
-            counts.append(amplitude)
-        elif comp.name == "compton":
-            energies.append(physics.compton_energy_keV(e0) + model.calibration.compton_shift_keV)
-            counts.append(amplitude)
-    return np.asarray(energies), np.asarray(counts)
-
-
 def _parameter_scale(name: str, cal: Calibration) -> float:
     """Typical size of a parameter's change, for least_squares' x_scale."""
     return {
@@ -345,107 +728,6 @@ def _parameter_scale(name: str, cal: Calibration) -> float:
         "fano": 0.01,
         "compton_shift_keV": 0.01,
         "compton_width_keV": 0.01,
+        "escape_scale": 0.1,
+        "tail_fraction": 0.01,
     }[name]
-
-
-def _rank_candidates(candidates, current, cal, build, y, weights) -> list[str]:
-    """Candidate elements ordered by the weighted chi-square after adding each (best first)."""
-    scored = []
-    for symbol in candidates:
-        if symbol in current:
-            continue
-        try:
-            g = build(cal, [*current, symbol]).matrix
-        except InvalidInputError:
-            continue
-        scored.append((float(np.sum(((y - g @ _linear_solve(g, y, weights)) * weights) ** 2)), symbol))
-    return [symbol for _, symbol in sorted(scored)]
-
-
-def _best_candidate(candidates, current, cal, build, y, weights):
-    """The candidate element whose addition lowers the weighted chi-square most, or None."""
-    ranked = _rank_candidates(candidates, current, cal, build, y, weights)
-    return ranked[0] if ranked else None
-
-
-def residual_peaks(
-    observed, fitted, model: SpectralModel, threshold_sigma: float = 8.0, exclude=()
-) -> list[dict]:
-    """Significant positive residual peaks, with the elements that have a line there.
-
-    A matched filter (the detector's Gaussian at each channel's energy) applied to the residual
-    ``observed - fitted``, divided by its Poisson standard deviation, gives the significance of
-    a peak at every channel; local maxima above ``threshold_sigma`` are reported, strongest
-    first. Candidates are elements (not in ``exclude``) with a line within 2 sigma of the peak
-    and at least 10 % of their strongest line, or whose escape peak lies there.
-
-    Parameters
-    ----------
-    observed, fitted : ndarray (n_fit,)
-        Summed spectrum and model over the fitted channels of ``model``.
-    model : SpectralModel
-    threshold_sigma : float
-    exclude : iterable of str
-
-    Returns
-    -------
-    list of dict
-        ``energy_keV``, ``significance``, ``candidates`` (list of symbols).
-    """
-    from .model import channel_edges_keV, gaussian_peaks
-
-    cal = model.calibration
-    channels = np.arange(model.channel_slice.start, model.channel_slice.stop)
-    energy = channel_energies_keV(channels, cal)
-    lo, hi = channel_edges_keV(channels, cal)
-    sigma = physics.detector_sigma_keV(np.maximum(energy, 0.0), cal.noise_fwhm_keV, cal.fano)
-    kernel = gaussian_peaks(lo, hi, energy, sigma)  # (channel, centre)
-    residual = np.asarray(observed, float) - np.asarray(fitted, float)
-    signal = kernel.T @ residual
-    noise = np.sqrt((kernel**2).T @ np.maximum(fitted, 1.0))
-    z = signal / noise
-    is_max = np.r_[False, (z[1:-1] > z[:-2]) & (z[1:-1] >= z[2:]), False]
-    order = np.argsort(-z)
-    out = []
-    for i in order:
-        if z[i] < threshold_sigma:
-            break
-        if is_max[i]:
-            out.append(
-                {
-                    "energy_keV": float(energy[i]),
-                    "significance": float(z[i]),
-                    "candidates": _candidates(
-                        float(energy[i]), float(sigma[i]), model.incident_energy_keV, exclude
-                    ),
-                }
-            )
-    return out
-
-
-def _candidates(energy_keV, sigma_keV, incident_energy_keV, exclude) -> list[str]:
-    """Elements with a strong line (or its Si escape peak) within 2 sigma of an energy."""
-    import xraylib
-
-    scored = []
-    for z in _SEARCH_Z:
-        symbol = xraylib.AtomicNumberToSymbol(z)
-        if symbol in exclude:
-            continue
-        lines = physics.emission_lines(symbol, float(incident_energy_keV))
-        if not lines:
-            continue
-        top = max(line.cross_section_cm2_g for line in lines)
-        for line in lines:
-            if line.cross_section_cm2_g < 0.1 * top:
-                continue
-            for shift in (0.0, physics.SI_KA_ESCAPE_KEV):
-                distance = abs(line.energy_keV - shift - energy_keV)
-                if distance < 2.0 * sigma_keV:
-                    scored.append((distance + shift, symbol))
-    seen, ordered = set(), []
-    for _, symbol in sorted(scored):
-        if symbol not in seen:
-            seen.add(symbol)
-            ordered.append(symbol)
-    return ordered

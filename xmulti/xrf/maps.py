@@ -24,6 +24,7 @@ hull (``scipy.interpolate.griddata``); grid coordinates are pixel centres in um.
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
@@ -84,26 +85,66 @@ def _resolve(scan, incident_energy_keV=None):
     return ds, float(e0), shape, source
 
 
-def _initial_calibration(energy_keV: np.ndarray) -> Calibration:
-    """Offset, gain (and quadratic when the axis is not linear) of an energy axis."""
-    ch = np.arange(energy_keV.size, dtype=float)
-    quad, gain, offset = np.polyfit(ch, energy_keV, 2)
-    if abs(quad) * ch[-1] ** 2 < 1e-3 * gain:  # linear within 0.001 channel
-        gain, offset = np.polyfit(ch, energy_keV, 1)
-        quad = 0.0
-    return Calibration(offset_keV=float(offset), gain_keV=float(gain), quadratic_keV=float(quad))
+def _beamline(scan) -> dict:
+    """The beamline's fit settings recorded with the scan (``beamline_*`` root attributes,
+    written by ``xmulti convert`` from ``maps_fit_parameters_override.txt``)."""
+    import xarray as xr
+
+    attrs = dict(scan.attrs) if isinstance(scan, xr.DataTree) else dict(getattr(scan, "attrs", {}))
+    out = {k: v for k, v in attrs.items() if k.startswith("beamline_")}
+    if "beamline_elements_to_fit" in out:
+        out["beamline_elements_to_fit"] = [str(v.decode() if isinstance(v, bytes) else v)
+                                           for v in np.ravel(out["beamline_elements_to_fit"])]
+    return out
+
+
+def _initial_calibration(energy_keV: np.ndarray, beamline: dict | None = None) -> Calibration:
+    """The beamline's calibration where recorded, else the offset, gain (and quadratic when the
+    axis is not linear) of the energy axis; widths from the beamline's FWHM_OFFSET and
+    FANOPRIME (MAPS' ``sigma^2 = (offset / 2.3548)^2 + 3.58 E fanoprime``) where recorded."""
+    beamline = beamline or {}
+    if "beamline_calibration_keV" in beamline:
+        offset, gain, quad = (float(v) for v in np.ravel(beamline["beamline_calibration_keV"])[:3])
+    else:
+        ch = np.arange(energy_keV.size, dtype=float)
+        quad, gain, offset = np.polyfit(ch, energy_keV, 2)
+        if abs(quad) * ch[-1] ** 2 < 1e-3 * gain:  # linear within 0.001 channel
+            gain, offset = np.polyfit(ch, energy_keV, 1)
+            quad = 0.0
+    widths = {}
+    if "beamline_fwhm_offset_keV" in beamline:
+        widths["noise_fwhm_keV"] = float(beamline["beamline_fwhm_offset_keV"])
+    if "beamline_fwhm_fanoprime" in beamline:
+        from ..physics import SI_PAIR_ENERGY_KEV
+
+        widths["fano"] = float(np.clip(3.58 * float(beamline["beamline_fwhm_fanoprime"]) / SI_PAIR_ENERGY_KEV,
+                                       0.06, 0.29))
+    return Calibration(offset_keV=float(offset), gain_keV=float(gain), quadratic_keV=float(quad), **widths)
+
+
+def _element_lists(elements, known_elements, beamline: dict) -> tuple[list[str] | None, list[str], str]:
+    """(exact list or None, known elements, where the list came from): a user's list, else the
+    beamline's ``ELEMENTS_TO_FIT``, else identification beyond the known elements."""
+    if elements is not None:
+        return [str(e).strip() for e in elements], [], "given"
+    if known_elements:
+        return None, [str(e).strip() for e in known_elements], "known elements plus identification"
+    if beamline.get("beamline_elements_to_fit"):
+        return list(beamline["beamline_elements_to_fit"]), [], "beamline ELEMENTS_TO_FIT"
+    return None, [], "identification"
 
 
 def calibrate_scan(
     scan,
     elements=None,
     *,
+    known_elements=None,
     initial: Calibration | None = None,
     incident_energy_keV: float | None = None,
     fit_parameters: tuple[str, ...] = DEFAULT_FIT_PARAMETERS,
     energy_range_keV: tuple[float, float] | None = None,
     n_continuum: int = 8,
-    **model_options,
+    **options,
 ) -> CalibrationResult:
     """Calibrate the detector on a scan's summed spectrum.
 
@@ -113,18 +154,25 @@ def calibrate_scan(
         A scan from :func:`xmulti.open_scan`, or its ``/xrf`` Dataset (with an
         ``incident_energy_keV`` attribute or argument).
     elements : iterable of str, optional
-        Elements to model; None suggests them from the spectrum.
+        Elements to model, exactly. None: ``known_elements`` plus what identification finds;
+        with no known elements, the beamline's ``ELEMENTS_TO_FIT`` recorded with the scan
+        (``beamline_elements_to_fit``) when there is one, else identification alone.
+    known_elements : iterable of str, optional
+        Elements always modelled, with identification adding what else the spectrum needs
+        (e.g. a standard's certified elements).
     initial : Calibration, optional
-        Starting calibration; default from the ``energy`` coordinate (offset, gain) with
-        nominal noise 0.1 keV FWHM and Fano 0.114.
+        Starting calibration; default the beamline's calibration recorded with the scan, else
+        the ``energy`` coordinate.
     incident_energy_keV : float, optional
         Overrides the scan's incident energy.
-    fit_parameters, energy_range_keV, n_continuum, **model_options
+    fit_parameters, energy_range_keV, n_continuum, **options
         See :func:`xmulti.xrf.calibrate.calibrate`.
 
     Returns
     -------
     CalibrationResult
+        With ``element_source`` set: ``"given"``, ``"beamline ELEMENTS_TO_FIT"``,
+        ``"known elements plus identification"`` or ``"identification"``.
     """
     ds, e0, _, source = _resolve(scan, incident_energy_keV)
     summed = np.asarray(ds["spectra"].sum("position", dtype=np.float64, skipna=False).values)
@@ -132,18 +180,29 @@ def calibrate_scan(
         raise InvalidScanError(source, "/xrf/spectra", "spectra contain NaN or infinite counts")
     if np.any(summed < 0):
         raise InvalidScanError(source, "/xrf/spectra", "spectra contain negative counts")
+    beamline = _beamline(scan)
     if initial is None:
-        initial = _initial_calibration(np.asarray(ds["energy"].values, dtype=float))
-    return calibrate(
-        summed,
-        e0,
-        initial,
-        elements,
-        fit_parameters=fit_parameters,
-        energy_range_keV=energy_range_keV,
-        n_continuum=n_continuum,
-        **model_options,
-    )
+        initial = _initial_calibration(np.asarray(ds["energy"].values, dtype=float), beamline)
+    exact, known, origin = _element_lists(elements, known_elements, beamline)
+    try:
+        result = calibrate(
+            summed,
+            e0,
+            initial,
+            exact,
+            known_elements=known,
+            fit_parameters=fit_parameters,
+            energy_range_keV=energy_range_keV,
+            n_continuum=n_continuum,
+            **options,
+        )
+    except InvalidInputError as exc:
+        if origin == "beamline ELEMENTS_TO_FIT":
+            where = beamline.get("beamline_settings_file", "the beamline's settings")
+            raise InvalidInputError(f"{where}: ELEMENTS_TO_FIT: {exc}") from None
+        raise
+    result.element_source = origin
+    return result
 
 
 def calibration_diagnostics(result: CalibrationResult):
@@ -163,12 +222,21 @@ def calibration_diagnostics(result: CalibrationResult):
 
 def _calibration_attrs(result: CalibrationResult) -> dict:
     attrs = result.calibration.as_attrs()
+    ident = result.identification
     attrs.update(
         {
             "elements": list(result.elements),
+            "element_source": str(getattr(result, "element_source", "given")),
+            "identified_elements": list(ident.elements) if ident else [],
+            "ambiguous_elements": json.dumps(ident.ambiguous if ident else []),
             "incident_energy_keV": float(result.model.incident_energy_keV),
             "fit_energy_range_keV": [float(result.energy_keV[0]), float(result.energy_keV[-1])],
             "summed_reduced_chi_square": float(result.reduced_chi_square),
+            "summed_tolerant_reduced_chi_square": float(result.tolerant_reduced_chi_square),
+            "summed_fit_quality": result.quality,
+            "summed_fit_message": result.message,
+            "energy_shift_channels": [float(v) for v in result.energy_shift_channels],
+            "scatter_modelled": bool(result.scatter),
             "suggested_elements": json.dumps(
                 [
                     {
@@ -188,6 +256,7 @@ def fit_xrf(
     scan,
     elements=None,
     *,
+    known_elements=None,
     calibration: CalibrationResult | Calibration | None = None,
     background: str = "linear",
     normalize: bool = True,
@@ -206,8 +275,12 @@ def fit_xrf(
         From :func:`xmulti.open_scan`, or its ``/xrf`` Dataset (``spectra (position,
         channel)``, ``energy (channel)`` keV; optional ``i0``, ``live_time``, ``real_time``).
     elements : iterable of str, optional
-        Elements to fit, e.g. ``["P", "S", "K", "Ca", "Fe", "Cu", "Zn"]``; None suggests them
-        from the summed spectrum.
+        Elements to fit, exactly, e.g. ``["P", "S", "K", "Ca", "Fe", "Cu", "Zn"]``. None: the
+        beamline's ``ELEMENTS_TO_FIT`` recorded with the scan, else ``known_elements`` plus
+        the elements identified in the summed spectrum (:mod:`xmulti.xrf.identify`).
+    known_elements : iterable of str, optional
+        With ``elements=None``: always fitted, identification adds what else the spectrum needs
+        (a standard's certified elements, for example); takes precedence over the beamline list.
     calibration : CalibrationResult or Calibration, optional
         A finished calibration (e.g. from :func:`calibrate_scan`, or from a standard) to use
         as is, or a Calibration to start from. Default: fitted on this scan.
@@ -234,8 +307,11 @@ def fit_xrf(
         (1-sigma; infinite for empty spectra); ``elastic``, ``compton`` (scatter counts),
         ``continuum`` (continuum counts in the fitted range), ``reduced_chi_square``,
         ``total_counts`` (counts in the fitted range, not normalised). Attributes: the
-        calibration, elements, fit range, summed-spectrum chi-square, suggested elements,
-        normalisation. Lazy (dask) when the spectra are.
+        calibration, elements and where they came from, identified and ambiguous elements, fit
+        range, summed-spectrum chi-square, ``summed_fit_quality`` (``"good"`` or ``"poor"``: a
+        poor summed fit means the maps of a model that does not describe the spectrum) and
+        ``summed_fit_message``, unexplained peaks (``suggested_elements``), normalisation. Lazy
+        (dask) when the spectra are.
     """
     import xarray as xr
 
@@ -259,7 +335,9 @@ def fit_xrf(
                 scan, elements, initial=result.calibration, **{**options, "fit_parameters": ()}
             )
     else:
-        result = calibrate_scan(scan, elements, initial=calibration, **options)
+        result = calibrate_scan(scan, elements, known_elements=known_elements, initial=calibration, **options)
+    if result.quality == "poor":
+        logging.getLogger("xmulti.xrf").warning("%s: %s", source or "scan", result.message)
     if not result.elements:
         raise InvalidInputError(
             "no element to fit: none given and none found in the summed spectrum"

@@ -88,6 +88,12 @@ class Calibration:
         Shift of the Compton peak from the free-electron Compton energy (keV).
     compton_width_keV : float
         Extra Gaussian sigma of the Compton peak (keV), added in quadrature to the detector's.
+    escape_scale : float
+        Si escape fraction relative to Reed & Ware's (1 for a thick detector at normal
+        incidence; fitted on the summed spectrum, since geometry and thin sensors change it).
+    tail_fraction : float
+        Fraction of each line's counts in its low-energy tail (incomplete charge collection,
+        :func:`xmulti.xrf.shapes.windowed_peaks`).
     """
 
     offset_keV: float
@@ -97,6 +103,8 @@ class Calibration:
     fano: float = 0.114
     compton_shift_keV: float = 0.0
     compton_width_keV: float = 0.1
+    escape_scale: float = 1.0
+    tail_fraction: float = 0.0
 
     def replace(self, **changes) -> Calibration:
         """A copy with some fields changed."""
