@@ -91,6 +91,8 @@ POOR_FIT = 4.0
 #: Chi-square per channel (with the shape tolerance, smoothed over the detector width) above
 #: which a channel counts as unexplained in the gate's message.
 _UNEXPLAINED_LEVEL = 9.0
+#: Share of the fitted range's counts the scatter peaks must hold to be modelled.
+_MIN_SCATTER_SHARE = 0.01
 #: Evaluations allowed per fitted parameter in one nonlinear fit.
 _EVALUATIONS_PER_PARAMETER = 12
 
@@ -258,17 +260,11 @@ class _SummedProblem:
         if pileup and self.pileup_lines is not None:
             blocks.append(pileup_column(*self.pileup_lines, self.channels, cal)[:, None])
             names.append("pileup")
+        # The P-spline runs over the whole range, across the Compton peak: it is non-negative and
+        # its knots are 0.5 keV apart, so it can fall to zero there when the continuum of
+        # scattered photons ends, and it can go on when pile-up or a continuum above E0 does
+        # (a step at the Compton peak made the model fail on such spectra).
         continuum = self.spline
-        if scatter:  # the continuum of scattered photons ends at the Compton peak
-            from scipy.special import erfc
-
-            edge = self.compton_keV(cal)
-            width = float(np.hypot(physics.detector_sigma_keV(edge, cal.noise_fwhm_keV, cal.fano),
-                                   cal.compton_width_keV))
-            step = 0.5 * erfc((self.energies(cal) - edge) / (np.sqrt(2.0) * width))
-            stepped = continuum * step[:, None]
-            # splines left with under 5 % of their area below the edge would only scale up noise
-            continuum = stepped[:, stepped.sum(axis=0) > 0.05 * continuum.sum(axis=0)]
         first = sum(b.shape[1] for b in blocks)
         blocks.append(continuum)
         names += [f"continuum_{i}" for i in range(continuum.shape[1])]
@@ -387,6 +383,8 @@ def _calibrate(spectrum, incident_energy_keV, initial, elements, known_elements,
     fitter = _NonlinearFit(problem, initial, fit_parameters, prior_channels)
 
     cal = initial
+    if problem.scatter and not _scatter_seen(problem, cal, known):
+        problem.scatter = False  # in range but absent: it must not pin the energy scale
     if known:  # scatter peaks alone do not pin the widths: with no element, wait for the first ones
         cal = fitter.coarse(cal, known)
         cal = fitter.fine(cal, known)
@@ -467,8 +465,19 @@ class _Context:
         return gaussian_peaks(lo, hi, [energy_keV], [sigma])[:, 0]
 
     def refine(self, elements):
-        if self.fitter is not None:  # the energy scale only: widths need the whole element list
-            self.cal = self.fitter.scale(self.fitter.coarse(self.cal, elements), elements)
+        """The energy scale from the elements found so far (widths need the whole list): the
+        offset alone while their lines span less than a third of the range (one element's
+        K-alpha and K-beta cannot pin a gain), offset and gain after."""
+        if self.fitter is None:
+            return
+        energies = self.problem.energies(self.cal)
+        lines = [e for comp in self.problem.components(elements) for e, w in
+                 zip(comp.line_energies_keV, comp.line_weights, strict=True) if w > 0.05]
+        if self.problem.scatter:
+            lines.append(self.problem.e0)
+        span = (max(lines) - min(lines)) if lines else 0.0
+        names = ["offset_keV"] if span < (energies[-1] - energies[0]) / 3 else None
+        self.cal = self.fitter.scale(self.cal, elements, names)
 
 
 def _identify(problem, cal, known, add, threshold, max_elements, candidates, fitter=None):
@@ -565,9 +574,9 @@ class _NonlinearFit:
         fitted = self.fit(broad, symbols, names, variance)
         return cal.replace(**{n: getattr(fitted, n) for n in names})
 
-    def scale(self, cal, symbols):
-        """Offset and gain (and quadratic) with the physical widths."""
-        names = [n for n in ("offset_keV", "gain_keV", "quadratic_keV") if n in self.names]
+    def scale(self, cal, symbols, names=None):
+        """Offset and gain (and quadratic), or the given ones, with the physical widths."""
+        names = [n for n in (names or ("offset_keV", "gain_keV", "quadratic_keV")) if n in self.names]
         return self.fit(cal, symbols, names, self.variance(cal, symbols, model=False))
 
     def fine(self, cal, symbols, model_variance: bool = False):
@@ -584,10 +593,14 @@ def _scatter_in_range(problem: _SummedProblem, cal: Calibration) -> bool:
 
 
 def _scatter_seen(problem: _SummedProblem, cal: Calibration, symbols) -> bool:
-    """Scatter peaks lower chi-square by more than the 5-sigma penalty."""
-    _, with_scatter, variance = problem.solve(cal, symbols, scatter=True)
+    """Scatter peaks lower chi-square by more than the 5-sigma penalty and hold at least
+    ``_MIN_SCATTER_SHARE`` of the counts (a broad Compton column can take a few thousand counts
+    of a hump in a continuum-rich spectrum without any scatter peak)."""
+    names, with_scatter, variance = problem.solve(cal, symbols, scatter=True)
     _, without, _ = problem.solve(cal, symbols, variance, scatter=False)
-    return without.chi_square - with_scatter.chi_square > 2 * ADD_PENALTY
+    amplitude = dict(zip(names, with_scatter.amplitudes, strict=True))
+    share = (amplitude["elastic"] + amplitude["compton"]) / max(float(problem.y.sum()), 1.0)
+    return without.chi_square - with_scatter.chi_square > 2 * ADD_PENALTY and share >= _MIN_SCATTER_SHARE
 
 
 def _pileup_seen(problem: _SummedProblem, cal: Calibration, symbols) -> bool:
