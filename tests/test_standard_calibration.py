@@ -284,6 +284,8 @@ def test_cache_never_overwrites_what_is_not_its_own(scans, tmp_path):
     with pytest.raises(InvalidInputError, match=r"another standard \(/data/axo.h5\)"):
         cached_standard_calibration(scans["standard"], {"K": 2.0}, other)
     assert other.read_bytes() == before
+    with pytest.raises(InvalidInputError, match="does not exist"):  # refused before fitting
+        cached_standard_calibration(scans["standard"], {"K": 2.0}, tmp_path / "no" / "c.json")
 
 
 def test_pipeline_applies_a_saved_calibration_and_refuses_another_energy(scans, saved, tmp_path):

@@ -728,6 +728,8 @@ def cached_standard_calibration(
 
     cache = Path(cache)
     densities = check_densities(densities_ug_cm2)
+    if not cache.parent.is_dir():  # before minutes of fitting, not after
+        raise InvalidInputError(f"{cache}: the directory {cache.parent} does not exist")
     try:
         checksum = file_checksum(standard_scan)
     except OSError as exc:
