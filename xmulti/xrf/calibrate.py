@@ -91,6 +91,8 @@ POOR_FIT = 4.0
 #: Chi-square per channel (with the shape tolerance, smoothed over the detector width) above
 #: which a channel counts as unexplained in the gate's message.
 _UNEXPLAINED_LEVEL = 9.0
+#: Width (keV) of the continuum's step at the Compton peak: it rises over this range below it.
+_EDGE_RAMP_KEV = 1.0
 #: Share of the fitted range's counts the scatter peaks must hold to be modelled.
 _MIN_SCATTER_SHARE = 0.01
 #: Evaluations allowed per fitted parameter in one nonlinear fit.
@@ -110,6 +112,9 @@ class CalibrationResult:
     amplitudes : dict of str to float
         Counts of each peak component in the summed spectrum (non-negative), and ``continuum``
         (continuum counts in the fitted range).
+    amplitude_sigmas : dict of str to float
+        1-sigma uncertainties of the peak components' counts (0 for a component at 0), for the
+        channel variance with the shape tolerance.
     model : SpectralModel
         Design matrix of the per-pixel fit at the fitted calibration.
     energy_keV : ndarray (n_fit,)
@@ -155,6 +160,7 @@ class CalibrationResult:
     residuals: np.ndarray
     chi_square: float
     reduced_chi_square: float
+    amplitude_sigmas: dict[str, float] = field(default_factory=dict)
     tolerant_reduced_chi_square: float = 0.0
     quality: str = "good"
     message: str = ""
@@ -260,15 +266,24 @@ class _SummedProblem:
         if pileup and self.pileup_lines is not None:
             blocks.append(pileup_column(*self.pileup_lines, self.channels, cal)[:, None])
             names.append("pileup")
-        # The P-spline runs over the whole range, across the Compton peak: it is non-negative and
-        # its knots are 0.5 keV apart, so it can fall to zero there when the continuum of
-        # scattered photons ends, and it can go on when pile-up or a continuum above E0 does
-        # (a step at the Compton peak made the model fail on such spectra).
-        continuum = self.spline
+        # The P-spline runs over the whole range, across the Compton peak, so it can go on when
+        # pile-up or a continuum above E0 does; the sharp end of the scattered photons'
+        # continuum at the Compton peak is one more non-negative column, a step local to the
+        # last keV below the peak (a spline cut at the peak failed on continua that go on).
+        if scatter:
+            from scipy.special import erfc
+
+            edge = self.compton_keV(cal)
+            width = float(np.hypot(physics.detector_sigma_keV(edge, cal.noise_fwhm_keV, cal.fano),
+                                   cal.compton_width_keV))
+            energies = self.energies(cal)
+            ramp = np.clip(1.0 - (edge - energies) / _EDGE_RAMP_KEV, 0.0, 1.0)
+            blocks.append((0.5 * erfc((energies - edge) / (np.sqrt(2.0) * width)) * ramp)[:, None])
+            names.append("continuum_edge")
         first = sum(b.shape[1] for b in blocks)
-        blocks.append(continuum)
-        names += [f"continuum_{i}" for i in range(continuum.shape[1])]
-        return np.concatenate(blocks, axis=1), names, list(range(first, first + continuum.shape[1]))
+        blocks.append(self.spline)
+        names += [f"continuum_{i}" for i in range(self.spline.shape[1])]
+        return np.concatenate(blocks, axis=1), names, list(range(first, first + self.spline.shape[1]))
 
     def solve(self, cal, symbols, variance=None, scatter=None, pileup=True, with_sigmas=False):
         """Physical linear fit at a calibration: (names, SummedSolution, variance used)."""
@@ -631,7 +646,8 @@ def _result(problem, initial, cal, elements, identification, n_continuum, n_nonl
     fitted = solution.fitted
     amplitudes = {n: float(a) for n, a in zip(names, solution.amplitudes, strict=True)
                   if not n.startswith("continuum_")}
-    continuum_columns = [i for i, n in enumerate(names) if n.startswith("continuum_")]
+    sigmas = {n: float(a) for n, a in zip(names, solution.sigmas, strict=True) if not n.startswith("continuum_")}
+    continuum_columns = [i for i, n in enumerate(names) if n.startswith("continuum_")]  # with the edge
     matrix, _, _ = problem.design(cal, elements)
     amplitudes["continuum"] = float(matrix[:, continuum_columns].sum(axis=0) @ solution.amplitudes[continuum_columns])
     residuals = (y - fitted) / np.sqrt(np.maximum(fitted, 1.0))
@@ -668,6 +684,7 @@ def _result(problem, initial, cal, elements, identification, n_continuum, n_nonl
         residuals=residuals,
         chi_square=chi2,
         reduced_chi_square=chi2 / dof,
+        amplitude_sigmas=sigmas,
         tolerant_reduced_chi_square=tolerant,
         quality=quality,
         message=message,
