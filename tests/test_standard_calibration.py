@@ -230,6 +230,17 @@ def test_fit_xrf_refusals_write_nothing(scans, saved, tmp_path, capsys):
     # an unknown symbol among the densities
     _refused(capsys, ["fit-xrf", sample, "--out", str(out), "--standard", str(scans["standard"]),
                       "--standard-densities", "K=2.0,Kx=1"], "'Kx' is not an element symbol")
+    # another recorded geometry (copies of the scans given a scattering angle)
+    import h5py
+
+    angled = {}
+    for name, angle in (("sample", 90.0), ("standard", 75.0)):
+        angled[name] = tmp_path / f"{name}_angle.h5"
+        shutil.copy(scans[name], angled[name])
+        with h5py.File(angled[name], "r+") as handle:
+            handle.attrs["scattering_angle_deg"] = angle
+    _refused(capsys, ["fit-xrf", str(angled["sample"]), "--out", str(out), "--standard", str(angled["standard"]),
+                      "--standard-densities", DENSITIES], "/@scattering_angle_deg = 90.0", "75.0")
     assert not out.exists() and not (tmp_path / "r.zarr.standard-calibration.json").exists()
 
 
