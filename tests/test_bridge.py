@@ -188,7 +188,7 @@ def test_compartment_kept_only_for_an_element_enriched_in_it():
     """An element that is the matter does not keep the compartment feature (its map is the base
     model's); one that is half matter and half nucleus (like the simulator's P) keeps it, and its
     map gets closer to the truth than the base model's (measured: 0.093 against 0.102 NRMSE)."""
-    from xmulti.joint.bridge import _COMPARTMENT_RADII, footprint_radius_px
+    from xmulti.joint.bridge_structure import _COMPARTMENT_RADII, footprint_radius_px
     from xmulti.joint.guide import structure_features
     from xmulti.joint.structure import (
         select_features,

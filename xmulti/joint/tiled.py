@@ -425,7 +425,7 @@ def solve_structure_tiled(tb: TiledBasis, b: np.ndarray, op, optional: tuple[str
                           blend: bool, base_fit: TiledFit | None = None, progress=None) -> tuple[np.ndarray, dict]:
     """One element by the tiled structure model (and its mix with Richardson-Lucy): map and attributes.
 
-    The untiled counterpart is ``bridge._solve_structure``: the optional features are chosen on
+    The untiled counterpart is ``bridge_structure._solve_structure``: the optional features are chosen on
     the search tiles (:func:`select_features_tiled`), every tile is solved at the shared
     weights, the maps are stitched, and with ``blend`` the mix with Richardson-Lucy (on the whole
     grid, ``op``) is chosen by the held-out predictions of every position
