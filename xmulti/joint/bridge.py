@@ -291,7 +291,7 @@ def bridge_resolution(
                 tiled[key] = _tiled_model(intensity, frac, keep, tiles, phase.shape, features, spacing_px,
                                           tile_steps, search_positions)
             if tiled[key] is not None:
-                from .tiled import solve_structure_tiled
+                from .tiled_select import solve_structure_tiled
 
                 c, extra = solve_structure_tiled(tiled[key], counts, op, _OPTIONAL, max_rl_iter, blend,
                                                  fits.get(el), _tile_progress(progress, el))
