@@ -28,7 +28,8 @@ module is "another XRF code": it imports nothing from :mod:`xmulti.xrf` (nor fro
 - **scatter**: elastic at ``E0``, Compton at ``E0 / (1 + (E0 / m c^2)(1 - cos theta))`` with a
   Gaussian, Voigt (``scipy.special.voigt_profile``) or split-Gaussian (asymmetric) profile; either
   can be absent or outside the recorded range;
-- **continuum**: a lognormal hump, an exponential fall, a linear ramp (no B-splines);
+- **continuum**: a lognormal hump, an exponential fall, a linear ramp (no B-splines), all
+  ending at ``E0`` (or above it, on request);
 - **Poisson noise** from a seeded :class:`numpy.random.Generator`.
 
 Units are in the names (keV, um, mm, deg). Counts given for an element are its detected counts
