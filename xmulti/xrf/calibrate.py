@@ -12,10 +12,12 @@ model-shape tolerance.
 What keeps it safe on spectra xmulti did not simulate:
 
 - **a prior on the energy scale**: the fit starts from the file's axis (or the beamline's
-  calibration) and pays a Gaussian penalty for moving the energy of the first and last fitted
-  channels by more than ``prior_channels``; strong identified peaks overrule it, weak or
-  unidentified ones do not. The result reports the shift in channels and the elements whose
-  lines drove it;
+  calibration); while elements are being identified, the scale pays a Gaussian penalty for
+  moving the energy of the first and last fitted channels by more than ``prior_channels`` and
+  cannot move by more than twice that, so a wrong early pick cannot drag it. Once the element
+  list is complete, strong identified peaks decide alone (a coarse fit with broad peaks gives
+  a capture range of tens of channels). The result reports the shift in channels and the
+  elements whose lines drove it;
 - **scatter only where it is**: elastic and Compton components are used when the incident
   energy's peaks lie inside the recorded range and are seen (their chi-square gain passes a
   5-sigma test); the continuum ends at the Compton peak only then;
@@ -91,6 +93,8 @@ POOR_FIT = 4.0
 #: Chi-square per channel (with the shape tolerance, smoothed over the detector width) above
 #: which a channel counts as unexplained in the gate's message.
 _UNEXPLAINED_LEVEL = 9.0
+#: A family is a column of the summed fit when a line lies within this of the fitted range (keV).
+_FAMILY_MARGIN_KEV = 0.3
 #: Width (keV) of the continuum's step at the Compton peak: it rises over this range below it.
 _EDGE_RAMP_KEV = 1.0
 #: Share of the fitted range's counts the scatter peaks must hold to be modelled.
@@ -183,6 +187,7 @@ class _SummedProblem:
         energies = channel_energies_keV(np.arange(self.n_channels), initial)
         self.rows = fit_channels(energies, self.e0, energy_range_keV)
         self.channels = np.arange(self.rows.start, self.rows.stop)
+        self.initial_range_keV = (float(energies[self.rows.start]), float(energies[self.rows.stop - 1]))
         self.y = spectrum[self.rows]
         self.tolerance = shape_tolerance
         # a line's flanks: two detector widths at 5 keV, in channels
@@ -203,24 +208,40 @@ class _SummedProblem:
         # the continuum's knots are fixed in channels (they need not follow the calibration)
         self.spline = continuum_pspline(self.channels.astype(float), CONTINUUM_KNOT_SPACING_KEV / initial.gain_keV)
 
-    def components(self, symbols) -> list[Component]:
+    def components(self, symbols, tie: bool = False) -> list[Component]:
+        """Element components. The summed fit keeps each family free (``tie=False``): matrix
+        absorption and the generator of the data change L/K and M/L ratios, and a tied element
+        leaves residuals that look like other elements; identification scores a candidate as a
+        whole family (``tie=True``), so its pattern is evidence. Families with no line near the
+        fitted range are left out."""
         out = []
         for s in symbols:
-            if s not in self._components:
-                self._components[s] = element_components([s], self.e0, self.families, self.tie)
-            out += self._components[s]
+            if (s, tie) not in self._components:
+                comps = element_components([s], self.e0, self.families, tie)
+                if not tie and len(comps) > 1:
+                    inside = [c for c in comps if c.name == c.element or self._in_range(c)]
+                    comps = inside
+                self._components[(s, tie)] = comps
+            out += self._components[(s, tie)]
         return out
+
+    def _in_range(self, comp: Component) -> bool:
+        """A family with a line inside the fitted range or within ``_FAMILY_MARGIN_KEV`` of it
+        (its peak's flank in the first channels must be modelled)."""
+        low, high = self.initial_range_keV
+        energies = np.asarray(comp.line_energies_keV)
+        return bool(np.any((energies >= low - _FAMILY_MARGIN_KEV) & (energies <= high + _FAMILY_MARGIN_KEV)))
 
     def energies(self, cal):
         return channel_energies_keV(self.channels, cal)
 
-    def _line_table(self, symbols):
+    def _line_table(self, symbols, tie: bool = False):
         """Lines of the element components as flat arrays (energy, detected weight, Reed & Ware
         escape fraction, column), built once per element list: a trial calibration only
         changes the widths, positions and escape scale."""
-        key = tuple(symbols)
+        key = (tuple(symbols), tie)
         if key not in self._tables:
-            comps = self.components(symbols)
+            comps = self.components(symbols, tie)
             energies, weights, fractions, columns = [], [], [], []
             for k, comp in enumerate(comps):
                 e = np.asarray(comp.line_energies_keV)
@@ -233,8 +254,8 @@ class _SummedProblem:
                                          (energies, weights, fractions, columns)))
         return self._tables[key]
 
-    def peaks(self, cal, symbols, scatter=None):
-        comps, energies, weights, fractions, columns = self._line_table(symbols)
+    def peaks(self, cal, symbols, scatter=None, tie: bool = False):
+        comps, energies, weights, fractions, columns = self._line_table(symbols, tie)
         comps = list(comps)
         n_elements = len(comps)
         scatter = self.scatter if scatter is None else scatter
@@ -400,25 +421,23 @@ def _calibrate(spectrum, incident_energy_keV, initial, elements, known_elements,
     cal = initial
     if problem.scatter and not _scatter_seen(problem, cal, known):
         problem.scatter = False  # in range but absent: it must not pin the energy scale
-    if known:  # scatter peaks alone do not pin the widths: with no element, wait for the first ones
-        cal = fitter.coarse(cal, known)
-        cal = fitter.fine(cal, known)
     current = list(known)
     calibration_elements = current  # what the nonlinear fits see
+    if known:  # scatter peaks alone do not pin the widths: with no element, wait for the first ones
+        cal = fitter.coarse(cal, known)
+        if requested is not None and identify and _tolerant_chi_square(problem, cal, known) > POOR_FIT:
+            # strong peaks the given list leaves out would pull the calibration: calibrate with
+            # the missing elements too (they are reported, not fitted)
+            extra, cal = _identify(problem, cal, known, True, suggest_threshold_sigma, max_elements, candidates,
+                                   fitter)
+            calibration_elements = current + list(extra.elements)
+        cal = fitter.fine(cal, calibration_elements)
     identification = None
     if requested is None and identify:
         identification, cal = _identify(problem, cal, current, True, suggest_threshold_sigma, max_elements,
                                         candidates, fitter)
         current = calibration_elements = current + list(identification.elements)
         cal = fitter.fine(cal, current)
-    elif requested is not None and identify and _tolerant_chi_square(problem, cal, current) > POOR_FIT:
-        # strong peaks the given list leaves out pull the calibration: calibrate with the
-        # missing elements too (they are reported, not fitted)
-        extra, trial = _identify(problem, cal, current, True, suggest_threshold_sigma, max_elements, candidates,
-                                 fitter)
-        if extra.elements:
-            calibration_elements = current + list(extra.elements)
-            cal = fitter.fine(trial, calibration_elements)
     if problem.scatter and not _scatter_seen(problem, cal, calibration_elements):
         problem.scatter = False
         cal = fitter.fine(cal, calibration_elements)
@@ -470,7 +489,7 @@ class _Context:
         cal = self.cal
         if shift_channels:
             cal = cal.replace(offset_keV=cal.offset_keV + shift_channels * cal.gain_keV)
-        return self.problem.peaks(cal, symbols, scatter=False)[1]
+        return self.problem.peaks(cal, symbols, scatter=False, tie=True)[1]
 
     def peak(self, energy_keV):
         from .shapes import gaussian_peaks
@@ -480,19 +499,12 @@ class _Context:
         return gaussian_peaks(lo, hi, [energy_keV], [sigma])[:, 0]
 
     def refine(self, elements):
-        """The energy scale from the elements found so far (widths need the whole list): the
-        offset alone while their lines span less than a third of the range (one element's
-        K-alpha and K-beta cannot pin a gain), offset and gain after."""
-        if self.fitter is None:
-            return
-        energies = self.problem.energies(self.cal)
-        lines = [e for comp in self.problem.components(elements) for e, w in
-                 zip(comp.line_energies_keV, comp.line_weights, strict=True) if w > 0.05]
-        if self.problem.scatter:
-            lines.append(self.problem.e0)
-        span = (max(lines) - min(lines)) if lines else 0.0
-        names = ["offset_keV"] if span < (energies[-1] - energies[0]) / 3 else None
-        self.cal = self.fitter.scale(self.cal, elements, names)
+        """The energy scale from the elements found so far (widths need the whole list), within
+        twice the prior's width of the initial calibration: while elements are missing, a wrong
+        early pick must not drag the scale (the fit with the whole list may move it further)."""
+        if self.fitter is not None:
+            names = None if self.fitter.pins_gain(self.cal, elements) else ["offset_keV"]
+            self.cal = self.fitter.scale(self.cal, elements, names, limit_channels=2 * self.fitter.prior_channels)
 
 
 def _identify(problem, cal, known, add, threshold, max_elements, candidates, fitter=None):
@@ -538,7 +550,9 @@ class _NonlinearFit:
         shift = channel_energies_keV(self.ends, cal) - self.initial_ends
         return shift / (self.prior_channels * self.initial.gain_keV)
 
-    def fit(self, cal, symbols, names, variance):
+    def fit(self, cal, symbols, names, variance, limit_channels: float | None = None):
+        """Fit ``names`` at fixed channel variance; with ``limit_channels`` the offset and gain
+        stay within that many channels of the initial calibration at the ends of the range."""
         from scipy.optimize import least_squares
 
         names = self._active(names)
@@ -550,9 +564,19 @@ class _NonlinearFit:
         start = np.array([getattr(cal, n) for n in names], dtype=float)
         scale = np.array([_parameter_scale(n, cal) for n in names])
         lower, upper = np.array([_bounds(n, self.initial) for n in names]).T
+        if limit_channels is not None:
+            step = limit_channels * self.initial.gain_keV
+            for i, name in enumerate(names):
+                centre = getattr(self.initial, name)
+                width = {"offset_keV": step, "gain_keV": step / max(self.ends[1], 1.0),
+                         "quadratic_keV": step / max(self.ends[1], 1.0) ** 2}.get(name)
+                if width is not None:
+                    lower[i], upper[i] = max(lower[i], centre - width), min(upper[i], centre + width)
         start = np.clip(start, lower + 1e-12, upper - 1e-12)
         w = 1.0 / np.sqrt(variance)
-        use_prior = bool({"offset_keV", "gain_keV", "quadratic_keV"} & set(names))
+        # the prior holds the scale while elements are missing (limit_channels set, during
+        # identification); with the whole list, strong identified peaks decide alone
+        use_prior = limit_channels is not None and bool({"offset_keV", "gain_keV", "quadratic_keV"} & set(names))
 
         def trial(u):
             return cal.replace(**dict(zip(names, (float(v) for v in start + u * scale), strict=True)))
@@ -575,10 +599,26 @@ class _NonlinearFit:
         _, _, variance = problem.solve(cal, symbols)
         return variance
 
+    def pins_gain(self, cal, symbols, with_scatter: bool = True) -> bool:
+        """Whether the strong lines of ``symbols`` (and the elastic peak) span a third of the
+        range: one element's K-alpha and K-beta cannot pin a gain, only an offset."""
+        energies = self.problem.energies(cal)
+        lines = [e for comp in self.problem.components(symbols) for e, w in
+                 zip(comp.line_energies_keV, comp.line_weights, strict=True)
+                 if w > 0.05 and energies[0] <= e <= energies[-1]]
+        if self.problem.scatter and with_scatter:
+            lines.append(self.problem.e0)
+        span = (max(lines) - min(lines)) if lines else 0.0
+        return span >= (energies[-1] - energies[0]) / 3
+
     def coarse(self, cal, symbols):
         """Energy scale with broad peaks (a capture range of several channels), from the
-        fluorescence lines only: the scatter peaks' shape and shift are not known yet."""
+        fluorescence lines only: the scatter peaks' shape and shift are not known yet. Lines
+        that cannot pin a gain move the offset alone, within twice the prior's width."""
         names = [n for n in ("offset_keV", "gain_keV") if n in self.names]
+        limit = None
+        if not self.pins_gain(cal, symbols, with_scatter=False):  # the scatter region is left out here
+            names, limit = [n for n in names if n == "offset_keV"], 2 * self.prior_channels
         if not names:
             return cal
         broad = cal.replace(noise_fwhm_keV=max(cal.noise_fwhm_keV, 0.35))
@@ -586,13 +626,13 @@ class _NonlinearFit:
         if self.problem.scatter:
             below = self.problem.energies(cal) < self.problem.compton_keV(cal) - 0.6
             variance = np.where(below, variance, np.inf)
-        fitted = self.fit(broad, symbols, names, variance)
+        fitted = self.fit(broad, symbols, names, variance, limit)
         return cal.replace(**{n: getattr(fitted, n) for n in names})
 
-    def scale(self, cal, symbols, names=None):
+    def scale(self, cal, symbols, names=None, limit_channels: float | None = None):
         """Offset and gain (and quadratic), or the given ones, with the physical widths."""
         names = [n for n in (names or ("offset_keV", "gain_keV", "quadratic_keV")) if n in self.names]
-        return self.fit(cal, symbols, names, self.variance(cal, symbols, model=False))
+        return self.fit(cal, symbols, names, self.variance(cal, symbols, model=False), limit_channels)
 
     def fine(self, cal, symbols, model_variance: bool = False):
         """All parameters, weights from the data (or from the model, the final pass)."""

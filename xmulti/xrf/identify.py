@@ -70,6 +70,9 @@ ADD_PENALTY = 25.0
 UNCOMMON_PENALTY = 10.0
 #: Lines weaker than this fraction of their family's strongest are not used to match peaks.
 _MATCH_MIN_RELATIVE = 0.1
+#: Candidates whose gain on the examined peak is within this fraction of the best one's are
+#: told apart by their whole family's gain.
+_LOCAL_TIE = 0.05
 #: Peaks are matched to lines within this many detector sigmas.
 _MATCH_SIGMAS = 2.0
 
@@ -296,35 +299,43 @@ def identify_elements(
         if not near:
             result.unexplained.append(_unexplained(e_peak, float(z[peak]), [], [], reference))
             continue
-        # best gain over small shifts of the energy scale, less the shift's prior cost
+        # Gains over small shifts of the energy scale (less the shift's prior cost): over the
+        # whole spectrum (the family's pattern: its other lines must find counts) and within three
+        # widths of the peak (how well it explains this peak: with many elements still missing,
+        # a family of many lines would otherwise win on the others' residuals).
+        local = np.abs(energies - e_peak) <= 3 * s_peak
+        q_local = np.linalg.qr(free[local])[0] if free.shape[1] else None
+        reference_local = float(_gains(q_local, residual_w[local], (context.peak(e_peak) * w)[local, None])[0])
         gains = np.full(len(near), -np.inf)
+        local_gains = np.full(len(near), -np.inf)
         for shift in shifts if add else [0.0]:
             cost = (shift / shift_channels) ** 2 if shift_channels > 0 else 0.0
-            gains = np.maximum(gains, _gains(q, residual_w, context.columns(near, shift) * w[:, None]) - cost)
+            cols = context.columns(near, shift) * w[:, None]
+            gains = np.maximum(gains, _gains(q, residual_w, cols) - cost)
+            local_gains = np.maximum(local_gains, _gains(q_local, residual_w[local], cols[local]) - cost)
+        order = np.argsort(-local_gains)
         if not add or len(current) - len(known) >= max_added:
-            # reported, not added: rank by how much of this peak each explains (with elements
-            # missing, a candidate's other lines also take credit for the others' residuals)
-            local = np.abs(energies - e_peak) <= 3 * s_peak
-            q_local = np.linalg.qr(free[local])[0] if free.shape[1] else None
-            gains = _gains(q_local, residual_w[local], context.columns(near)[local] * w[local, None])
-            order = np.argsort(-gains)
-            result.unexplained.append(
-                _unexplained(e_peak, float(z[peak]), [near[k] for k in order], list(gains[order]), reference))
+            result.unexplained.append(_unexplained(e_peak, float(z[peak]), [near[k] for k in order],
+                                                   list(local_gains[order]), reference_local))
             continue
-        order = np.argsort(-gains)
-        passing = [(near[k], float(gains[k])) for k in order
-                   if gains[k] >= penalty(near[k]) and gains[k] >= explain_fraction * reference]
+        passing = [k for k in order if gains[k] >= penalty(near[k])
+                   and local_gains[k] >= explain_fraction * reference_local]
         if not passing:
-            result.unexplained.append(
-                _unexplained(e_peak, float(z[peak]), [near[k] for k in order], list(gains[order]), reference))
+            result.unexplained.append(_unexplained(e_peak, float(z[peak]), [near[k] for k in order],
+                                                   list(local_gains[order]), reference_local))
             continue
-        best, best_gain = passing[0]
-        rivals = [(s, g) for s, g in passing[1:] if g >= best_gain - penalty(s)]
+        # readings that explain this peak about as well as the best: the family pattern decides
+        margin = max(penalty(near[passing[0]]), _LOCAL_TIE * local_gains[passing[0]])
+        tied = [k for k in passing if local_gains[k] >= local_gains[passing[0]] - margin]
+        tied.sort(key=lambda k: -gains[k])
+        best, best_gain = near[tied[0]], float(gains[tied[0]])
+        rivals = [k for k in tied[1:] if gains[k] >= best_gain - penalty(near[k])]
         if rivals:
             result.ambiguous.append({
                 "energy_keV": round(e_peak, 4),
                 "chosen": best,
-                "readings": [{"element": s, "delta_chi_square": round(g, 1)} for s, g in [passing[0], *rivals]],
+                "readings": [{"element": near[k], "delta_chi_square": round(float(gains[k]), 1)}
+                             for k in [tied[0], *rivals]],
             })
         current.append(best)
         result.evidence[best] = best_gain
