@@ -58,11 +58,26 @@ def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], 
     the standard's own elements, :func:`standard_calibration_for`), so a refused standard costs
     no sample fit.
     """
-    from .xrf.maps import fit_xrf
+    from .xrf.maps import calibrate_scan, fit_xrf, significant_anywhere
 
     standard = standard_calibration_for(tree, options, log)
-    result = fit_xrf(tree, elements=options.elements, background=options.background)
-    result = _persist_with_progress(result, client, log)
+    calibration = calibrate_scan(tree, options.elements)
+    _log_calibration(calibration, log)
+    result = _persist_with_progress(
+        fit_xrf(tree, calibration=calibration, background=options.background), client, log)
+    identified = list(calibration.identification.elements) if calibration.identification else []
+    if identified and calibration.element_source != "given":
+        # identified on the summed spectrum; an element significant in no pixel or block of
+        # pixels is dropped and the maps refitted without it
+        significance = significant_anywhere(result, identified)
+        nowhere = [el for el, value in significance.items() if value < 1.0]
+        if nowhere:
+            if log is not None:
+                log(f"  fit-xrf: dropped {', '.join(nowhere)}: significant in no pixel or block of pixels")
+            kept = [el for el in calibration.elements if el not in nowhere]
+            result = _persist_with_progress(
+                fit_xrf(tree, kept, calibration=calibration, background=options.background), client, log)
+            result.attrs["dropped_elements"] = nowhere
     symbols = set(result.attrs.get("elements", []))
     element_vars = [name for name in result.data_vars if name in symbols]
     maps = result[element_vars]
@@ -74,6 +89,19 @@ def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], 
 
         groups["/xrf/areal_density"] = quantify_maps(result, standard, scan_geometry(tree))
     return groups
+
+
+def _log_calibration(result, log: Callable[[str], None] | None) -> None:
+    """One line per finding of the summed-spectrum fit: the elements and where they came from,
+    ambiguous readings, the fit's quality and what it leaves unexplained."""
+    if log is None:
+        return
+    log(f"  fit-xrf: elements ({result.element_source}): {', '.join(result.elements) or 'none'}")
+    ident = result.identification
+    for item in (ident.ambiguous if ident else []):
+        readings = " or ".join(f"{r['element']} (chi-square gain {r['delta_chi_square']:g})" for r in item["readings"])
+        log(f"  fit-xrf: ambiguous peak at {item['energy_keV']:.2f} keV: {readings}; fitted as {item['chosen']}")
+    log(f"  fit-xrf: {result.message}")
 
 
 def standard_calibration_for(tree, options: XRFOptions, log: Callable[[str], None] | None = None):

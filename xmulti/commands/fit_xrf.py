@@ -154,7 +154,13 @@ def run(args: argparse.Namespace) -> int:
     result = calibrate_scan(
         tree, elements, n_continuum=args.n_continuum, energy_range_keV=energy_range, pileup=args.pileup
     )
-    _log(f"calibrated in {time.perf_counter() - start:.1f} s ({', '.join(result.elements)}); fitting every pixel")
+    _log(f"calibrated in {time.perf_counter() - start:.1f} s; elements ({result.element_source}): "
+         f"{', '.join(result.elements) or 'none'}")
+    for item in (result.identification.ambiguous if result.identification else []):
+        readings = " or ".join(f"{r['element']} (chi-square gain {r['delta_chi_square']:g})" for r in item["readings"])
+        _log(f"ambiguous peak at {item['energy_keV']:.2f} keV: {readings}; fitted as {item['chosen']}")
+    _log(result.message)
+    _log("fitting every pixel")
     start = time.perf_counter()
     maps = fit_xrf(
         tree,
@@ -181,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     cal = result.calibration
     print(f"calibration: offset {cal.offset_keV:.4f} keV, gain {cal.gain_keV * 1e3:.4f} eV/ch, "
           f"noise {cal.noise_fwhm_keV * 1e3:.1f} eV FWHM, Fano {cal.fano:.3f}; "
-          f"summed-spectrum reduced chi-square {result.reduced_chi_square:.2f}")
+          f"summed fit {result.quality} (reduced chi-square {result.tolerant_reduced_chi_square:.2f} "
+          f"with the 2 % shape tolerance, {result.reduced_chi_square:.2f} Poisson)")
     unit = maps.attrs.get("normalisation", "counts")
     print(f"{'element':8s} {'mean':>12s} {'median sigma':>13s} {'max':>12s} {'>3 sigma':>9s}   [{unit}]")
     for name in element_names:

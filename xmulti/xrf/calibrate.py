@@ -578,8 +578,9 @@ class _NonlinearFit:
         # identification); with the whole list, strong identified peaks decide alone
         use_prior = limit_channels is not None and bool({"offset_keV", "gain_keV", "quadratic_keV"} & set(names))
 
+        # u = 1 at the start: scipy's relative finite-difference step is zero at u = 0
         def trial(u):
-            return cal.replace(**dict(zip(names, (float(v) for v in start + u * scale), strict=True)))
+            return cal.replace(**dict(zip(names, (float(v) for v in start + (u - 1.0) * scale), strict=True)))
 
         def residual(u):
             candidate = trial(u)
@@ -587,7 +588,8 @@ class _NonlinearFit:
             r = (problem.y - solution.fitted) * w
             return np.concatenate([r, self._prior(candidate)]) if use_prior else r
 
-        result = least_squares(residual, np.zeros(len(names)), bounds=((lower - start) / scale, (upper - start) / scale),
+        result = least_squares(residual, np.ones(len(names)),
+                               bounds=(1.0 + (lower - start) / scale, 1.0 + (upper - start) / scale),
                                method="trf", max_nfev=_EVALUATIONS_PER_PARAMETER * len(names), diff_step=0.05,
                                xtol=1e-4, ftol=1e-5)
         return trial(result.x)
@@ -665,15 +667,20 @@ def _pileup_seen(problem: _SummedProblem, cal: Calibration, symbols) -> bool:
 
 
 def _detected_lines(problem: _SummedProblem, cal: Calibration, symbols) -> tuple[np.ndarray, np.ndarray]:
-    """Energies and fitted counts of the element and scatter lines (for the pile-up shape)."""
+    """Energies and fitted counts of the element and scatter lines inside the fitted range (for
+    the pile-up shape; a family below the range is a column for its flank only, and its
+    amplitude, fitted on that flank, is not a count to square)."""
     names, solution, _ = problem.solve(cal, symbols, pileup=False)
     amplitude = dict(zip(names, solution.amplitudes, strict=True))
+    low, high = problem.initial_range_keV
     energies, counts = [], []
     for comp in problem.components(symbols):
         a = amplitude.get(comp.name, 0.0)
-        if a > 0:
-            energies.extend(comp.line_energies_keV)
-            counts.extend(a * np.asarray(comp.line_weights))
+        lines = np.asarray(comp.line_energies_keV)
+        inside = (lines >= low) & (lines <= high)
+        if a > 0 and inside.any():
+            energies.extend(lines[inside])
+            counts.extend(a * np.asarray(comp.line_weights)[inside])
     if problem.scatter:
         energies += [problem.e0, problem.compton_keV(cal)]
         counts += [amplitude.get("elastic", 0.0), amplitude.get("compton", 0.0)]

@@ -33,7 +33,7 @@ from .calibrate import DEFAULT_FIT_PARAMETERS, CalibrationResult, calibrate
 from .fit import prepare_fit
 from .model import Calibration
 
-__all__ = ["fit_xrf", "calibrate_scan", "calibration_diagnostics", "fit_chunks"]
+__all__ = ["fit_xrf", "calibrate_scan", "calibration_diagnostics", "fit_chunks", "significant_anywhere"]
 
 
 def _resolve(scan, incident_energy_keV=None):
@@ -517,3 +517,57 @@ def _grid_irregular(per_position, positions, grid_step_um):
     ds = xr.Dataset(variables, coords={"y": ("y", y, {"units": "um"}), "x": ("x", x, {"units": "um"})})
     ds.attrs["gridding"] = f"linear on Delaunay triangles, nearest outside the hull, step {grid_step_um:g} um"
     return ds
+
+
+def significant_anywhere(maps, elements, false_alarm: float = 0.05, max_binning: int = 16) -> dict[str, float]:
+    """Largest significance of each element's map over pixels and blocks of pixels.
+
+    At binning ``b = 1, 2, 4, ...`` (up to ``max_binning`` and the map's size) the fitted
+    counts of each ``b x b`` block are summed and divided by the root sum of their variances
+    (``<El>_sigma``); the largest of these z-scores, each level against its one-sided
+    threshold for ``false_alarm`` over all its blocks and levels (Bonferroni), is returned as a
+    multiple of that threshold: above 1, the element is significant somewhere (a trace element
+    spread thinly shows at coarse binning, a spot at fine).
+
+    Parameters
+    ----------
+    maps : xarray.Dataset
+        Computed maps of :func:`fit_xrf` (``<El>`` and ``<El>_sigma`` on ``(y, x)``).
+    elements : iterable of str
+        Elements to check.
+    false_alarm : float
+        Probability that an absent element passes, over the whole map.
+    max_binning : int
+        Coarsest binning.
+
+    Returns
+    -------
+    dict of str to float
+        Significance relative to its threshold (> 1: significant somewhere).
+    """
+    from scipy.stats import norm
+
+    out = {}
+    for element in elements:
+        if element not in maps or f"{element}_sigma" not in maps:
+            continue
+        value = np.asarray(maps[element].values, dtype=float)
+        variance = np.asarray(maps[f"{element}_sigma"].values, dtype=float) ** 2
+        usable = np.isfinite(value) & np.isfinite(variance)
+        value, variance = np.where(usable, value, 0.0), np.where(usable, variance, 0.0)
+        levels, b = [], 1
+        while b <= max_binning and b <= max(value.shape):
+            levels.append(b)
+            b *= 2
+        best = 0.0
+        for b in levels:
+            ny, nx = -(-value.shape[0] // b), -(-value.shape[1] // b)
+            pad = ((0, ny * b - value.shape[0]), (0, nx * b - value.shape[1]))
+            v = np.pad(value, pad).reshape(ny, b, nx, b).sum(axis=(1, 3))
+            var = np.pad(variance, pad).reshape(ny, b, nx, b).sum(axis=(1, 3))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.where(var > 0, v / np.sqrt(var), 0.0)
+            threshold = norm.isf(false_alarm / (v.size * len(levels)))
+            best = max(best, float(z.max()) / threshold)
+        out[element] = best
+    return out
