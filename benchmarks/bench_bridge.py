@@ -120,7 +120,7 @@ def run(scan, label: str, recon: xr.Dataset, maps: xr.Dataset, truth: dict, grid
     t_op = operator_time(op)
     t = time.perf_counter()
     features = _features(recon, intensity, compartments)
-    tiles = structure_tiles(intensity, frac, phase.shape, None, tile_steps) or []
+    tiles = structure_tiles(intensity, frac, phase.shape, None, tile_steps, 1000) or []
     if tiles:
         model = tiled_basis(intensity, frac, features, tiles, scan_step_px(frac), ("compartment",))
         for k in range(len(tiles)):

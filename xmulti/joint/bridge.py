@@ -141,7 +141,7 @@ def choose_footprint_power(maps, recon, positions_um=None, elements=None,
     _check_recon(maps, recon)
     intensity, frac = _footprint_and_positions(maps, recon, positions_um)
     counts_of = {el: _element_counts(maps, el) for el in names}
-    tiles = structure_tiles(intensity, frac, recon["phase"].shape, spacing_px, tile_steps)
+    tiles = structure_tiles(intensity, frac, recon["phase"].shape, spacing_px, tile_steps, search_positions)
     power, _, info = _choose_footprint(intensity, frac, _features(recon, intensity, False), counts_of, spacing_px,
                                        tiles, search_positions)
     return power, info
@@ -216,14 +216,16 @@ def bridge_resolution(
         in it whose restricted likelihood it raises significantly
         (:func:`xmulti.joint.structure.select_features`).
     tile_steps : float or None
-        Method ``"structure"``: a scan wider than this many scan steps is solved in overlapping
-        tiles whose cores are at most that wide (a halo of 2.5 footprint radii, stitched with
-        smooth weights; :mod:`xmulti.joint.tiled`), so the cost grows linearly with the
-        positions instead of as their cube. None: one model of every position (memory and
-        time grow as ``P^2`` and ``P^3``).
+        Method ``"structure"``: a scan wider than this many scan steps and with more than
+        ``search_positions`` positions is solved in overlapping tiles whose cores are about
+        that wide (a halo of 2.5 footprint radii, stitched with smooth weights;
+        :mod:`xmulti.joint.tiled`), so the cost grows linearly with the positions instead of
+        as their cube. None: one model of every position (memory and time grow as ``P^2``
+        and ``P^3``).
     search_positions : int
         Tiled model: about how many tile members choose the shared smoothness weights of each
-        element (the tiles holding the most matter).
+        element (the tiles holding the most matter); scans with no more positions than this
+        are not tiled (:func:`xmulti.joint.bridge_structure.structure_tiles`).
     progress : callable, optional
         Called with a line of text per element (and per few tiles of a tiled model).
 
@@ -263,7 +265,8 @@ def bridge_resolution(
     bases: dict[bytes, object] = {}  # one structure basis per set of finite positions
     fits: dict[str, object] = {}  # base-model fits made while choosing the footprint
     footprint_info: dict = {}
-    tiles = structure_tiles(intensity, frac, phase.shape, spacing_px, tile_steps) if method == "structure" else None
+    tiles = (structure_tiles(intensity, frac, phase.shape, spacing_px, tile_steps, search_positions)
+             if method == "structure" else None)
     if isinstance(footprint_power, str) and footprint_power == "auto":
         if progress is not None:
             progress("choosing the footprint power by held-out prediction"
