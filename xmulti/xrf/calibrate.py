@@ -288,16 +288,21 @@ class _SummedProblem:
             blocks.append(pileup_column(*self.pileup_lines, self.channels, cal)[:, None])
             names.append("pileup")
         # The P-spline runs over the whole range, across the Compton peak, so it can go on when
-        # pile-up or a continuum above E0 does; the sharp end of the scattered photons'
-        # continuum at the Compton peak is one more non-negative column, a step local to the
-        # last keV below the peak (a spline cut at the peak failed on continua that go on).
+        # pile-up or a continuum above E0 does; the sharp end of the continuum (at the Compton
+        # peak for scattered photons, at E0 without scatter peaks: nothing is excited above it)
+        # is one more non-negative column, a step local to the last keV below it (a spline cut
+        # at the peak failed on continua that go on).
+        energies = self.energies(cal)
         if scatter:
-            from scipy.special import erfc
-
             edge = self.compton_keV(cal)
             width = float(np.hypot(physics.detector_sigma_keV(edge, cal.noise_fwhm_keV, cal.fano),
                                    cal.compton_width_keV))
-            energies = self.energies(cal)
+        else:
+            edge = self.e0
+            width = float(physics.detector_sigma_keV(edge, cal.noise_fwhm_keV, cal.fano))
+        if energies[0] + _EDGE_RAMP_KEV < edge < energies[-1]:
+            from scipy.special import erfc
+
             ramp = np.clip(1.0 - (edge - energies) / _EDGE_RAMP_KEV, 0.0, 1.0)
             blocks.append((0.5 * erfc((energies - edge) / (np.sqrt(2.0) * width)) * ramp)[:, None])
             names.append("continuum_edge")
