@@ -429,14 +429,16 @@ def _calibrate(spectrum, incident_energy_keV, initial, elements, known_elements,
     current = list(known)
     calibration_elements = current  # what the nonlinear fits see
     if known:  # scatter peaks alone do not pin the widths: with no element, wait for the first ones
-        cal = fitter.coarse(cal, known)
+        start = fitter.coarse(cal, known)
+        cal = fitter.fine(start, known)
         if requested is not None and identify and _tolerant_chi_square(problem, cal, known) > POOR_FIT:
-            # strong peaks the given list leaves out would pull the calibration: calibrate with
-            # the missing elements too (they are reported, not fitted)
-            extra, cal = _identify(problem, cal, known, True, suggest_threshold_sigma, max_elements, candidates,
+            # strong peaks the given list leaves out pulled the calibration: calibrate again from
+            # the coarse scale with the missing elements too (they are reported, not fitted)
+            extra, cal = _identify(problem, start, known, True, suggest_threshold_sigma, max_elements, candidates,
                                    fitter)
-            calibration_elements = current + list(extra.elements)
-        cal = fitter.fine(cal, calibration_elements)
+            if extra.elements:
+                calibration_elements = current + list(extra.elements)
+            cal = fitter.fine(cal, calibration_elements)
     identification = None
     if requested is None and identify:
         identification, cal = _identify(problem, cal, current, True, suggest_threshold_sigma, max_elements,

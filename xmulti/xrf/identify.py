@@ -268,12 +268,18 @@ def identify_elements(
 
     penalty = _penalty
 
+    previous: dict = {}  # the last fit's free set: NNLS is skipped when it still holds (KKT)
+
     def fit(elements):
         matrix, continuum = context.base(elements)
+        hint = previous.get("free")
+        if hint is not None and hint.size != matrix.shape[1]:  # columns were added: plain NNLS
+            hint = None
         variance = channel_variance(np.maximum(y, 1.0), shape_tolerance, spread_channels)
-        solution = solve_nonnegative(matrix, y, variance, continuum)
-        variance = channel_variance(solution.fitted, shape_tolerance, spread_channels)  # model variance: no Neyman bias
-        solution = solve_nonnegative(matrix, y, variance, continuum)
+        solution = solve_nonnegative(matrix, y, variance, continuum, free_hint=hint)
+        variance = channel_variance(solution.fitted, shape_tolerance, spread_channels)  # no Neyman bias
+        solution = solve_nonnegative(matrix, y, variance, continuum, free_hint=solution.amplitudes > 0)
+        previous["free"] = solution.amplitudes > 0
         return matrix, solution, variance
 
     result = Identification()
@@ -342,6 +348,7 @@ def identify_elements(
         if len(current) - len(known) <= refine_after:
             context.refine(current)
             settled = []  # the energies moved: examine every peak again
+            previous.clear()
     kept, dropped, evidence = prune_elements(y, context, current, known, shape_tolerance, spread_channels)
     result.dropped += dropped
     result.evidence = {s: evidence[s] for s in kept if s in evidence}
@@ -365,12 +372,13 @@ def prune_elements(observed, context: IdentifyContext, elements: Sequence[str], 
     current = list(elements)
     dropped: list[str] = []
 
-    def fit(symbols):
+    def fit(symbols, variance=None):
         matrix, continuum = context.base(symbols)
-        variance = channel_variance(np.maximum(y, 1.0), shape_tolerance, spread_channels)
-        solution = solve_nonnegative(matrix, y, variance, continuum)
-        return solve_nonnegative(matrix, y, channel_variance(solution.fitted, shape_tolerance, spread_channels),
-                                 continuum)
+        if variance is None:
+            variance = channel_variance(np.maximum(y, 1.0), shape_tolerance, spread_channels)
+            solution = solve_nonnegative(matrix, y, variance, continuum)
+            variance = channel_variance(solution.fitted, shape_tolerance, spread_channels)
+        return solve_nonnegative(matrix, y, variance, continuum)
 
     while True:
         full = fit(current)
@@ -378,7 +386,7 @@ def prune_elements(observed, context: IdentifyContext, elements: Sequence[str], 
         base = float(np.sum((y - full.fitted) ** 2 / reference))
         costs = {}
         for symbol in [s for s in current if s not in known]:
-            without = fit([s for s in current if s != symbol])
+            without = fit([s for s in current if s != symbol], reference)
             costs[symbol] = float(np.sum((y - without.fitted) ** 2 / reference)) - base
         if not costs:
             return current, dropped, {}
