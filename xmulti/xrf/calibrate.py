@@ -435,14 +435,14 @@ def _calibrate(spectrum, incident_energy_keV, initial, elements, known_elements,
             # strong peaks the given list leaves out pulled the calibration: calibrate again from
             # the coarse scale with the missing elements too (they are reported, not fitted)
             extra, cal = _identify(problem, start, known, True, suggest_threshold_sigma, max_elements, candidates,
-                                   fitter)
+                                   fitter, bool(pileup))
             if extra.elements:
                 calibration_elements = current + list(extra.elements)
             cal = fitter.fine(cal, calibration_elements)
     identification = None
     if requested is None and identify:
         identification, cal = _identify(problem, cal, current, True, suggest_threshold_sigma, max_elements,
-                                        candidates, fitter)
+                                        candidates, fitter, bool(pileup))
         current = calibration_elements = current + list(identification.elements)
         cal = fitter.fine(cal, current)
     if problem.scatter and not _scatter_seen(problem, cal, calibration_elements):
@@ -455,8 +455,9 @@ def _calibrate(spectrum, incident_energy_keV, initial, elements, known_elements,
     cal = fitter.fine(cal, calibration_elements, model_variance=True)
     if identification is not None and identification.elements:
         # identified at a provisional calibration: keep only what the final one still needs
-        kept, dropped, evidence = prune_elements(problem.y, _Context(problem, cal, None), current, known,
-                                                 problem.tolerance, problem.spread)
+        context = _Context(problem, cal, None, problem.pileup_lines is not None)
+        kept, dropped, evidence = prune_elements(problem.y, context, current, known, problem.tolerance,
+                                                 problem.spread)
         if dropped:
             current = kept
             identification.dropped += dropped
@@ -465,7 +466,8 @@ def _calibrate(spectrum, incident_energy_keV, initial, elements, known_elements,
             cal = fitter.fine(cal, current, model_variance=True)
         identification.evidence = {s: evidence[s] for s in identification.elements if s in evidence}
     if identify:  # what the final model leaves unexplained, at the final calibration
-        report, _ = _identify(problem, cal, current, False, suggest_threshold_sigma, max_elements, candidates)
+        report, _ = _identify(problem, cal, current, False, suggest_threshold_sigma, max_elements, candidates,
+                              pileup=problem.pileup_lines is not None)
         if identification is None:
             identification = report
         else:
@@ -477,10 +479,13 @@ class _Context:
     """:class:`xmulti.xrf.identify.IdentifyContext` over the summed problem; ``refine`` refits
     the calibration (the identification's first elements pin the energy scale)."""
 
-    def __init__(self, problem: _SummedProblem, cal: Calibration, fitter: _NonlinearFit | None):
+    def __init__(self, problem: _SummedProblem, cal: Calibration, fitter: _NonlinearFit | None,
+                 pileup: bool = False):
         self.problem = problem
         self.cal = cal
         self.fitter = fitter
+        self.pileup = pileup
+        self._lines: dict = {}
 
     def axes(self):
         energies = self.problem.energies(self.cal)
@@ -489,7 +494,19 @@ class _Context:
         return energies, sigmas, lo, hi
 
     def base(self, elements):
-        matrix, _, continuum = self.problem.design(self.cal, elements)
+        """The model of the accepted elements, with the sum peaks of their lines when pile-up is
+        modelled: sum peaks are explained before any element is added for them."""
+        if not (self.pileup and elements):
+            matrix, _, continuum = self.problem.design(self.cal, elements, pileup=False)
+            return matrix, continuum
+        key = (tuple(elements), self.cal)
+        if key not in self._lines:
+            self._lines[key] = _detected_lines(self.problem, self.cal, elements)
+        kept, self.problem.pileup_lines = self.problem.pileup_lines, self._lines[key]
+        try:
+            matrix, _, continuum = self.problem.design(self.cal, elements, pileup=True)
+        finally:
+            self.problem.pileup_lines = kept
         return matrix, continuum
 
     def columns(self, symbols, shift_channels=0.0):
@@ -514,9 +531,9 @@ class _Context:
             self.cal = self.fitter.scale(self.cal, elements, names, limit_channels=2 * self.fitter.prior_channels)
 
 
-def _identify(problem, cal, known, add, threshold, max_elements, candidates, fitter=None):
+def _identify(problem, cal, known, add, threshold, max_elements, candidates, fitter=None, pileup=False):
     """:func:`identify_elements` at a calibration; returns it and the (refined) calibration."""
-    context = _Context(problem, cal, fitter)
+    context = _Context(problem, cal, fitter, pileup)
     found = identify_elements(
         problem.y, context, problem.e0, known=known, add=add, threshold_sigma=threshold,
         shape_tolerance=problem.tolerance, spread_channels=problem.spread, max_added=max_elements,
