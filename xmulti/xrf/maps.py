@@ -336,8 +336,8 @@ def fit_xrf(
             )
     else:
         result = calibrate_scan(scan, elements, known_elements=known_elements, initial=calibration, **options)
-    if result.quality == "poor":
-        logging.getLogger("xmulti.xrf").warning("%s: %s", source or "scan", result.message)
+        if result.quality == "poor":  # a finished calibration passed in was reported by its caller
+            logging.getLogger("xmulti.xrf").warning("%s: %s", source or "scan", result.message)
     if not result.elements:
         raise InvalidInputError(
             "no element to fit: none given and none found in the summed spectrum"
