@@ -73,6 +73,8 @@ _MATCH_MIN_RELATIVE = 0.1
 #: Candidates whose gain on the examined peak is within this fraction of the best one's are
 #: told apart by their whole family's gain.
 _LOCAL_TIE = 0.05
+#: Candidates are scored at energy-scale shifts out to this many prior widths.
+_SHIFT_REACH = 2.0
 #: Peaks are matched to lines within this many detector sigmas.
 _MATCH_SIGMAS = 2.0
 
@@ -264,7 +266,10 @@ def identify_elements(
     known = list(known)
     pool = [c for c in candidates if c not in known]
     match_lines = {c: _matching_lines(c, incident_energy_keV) for c in pool}
-    shifts = np.arange(-np.floor(shift_channels), np.floor(shift_channels) + 1) if shift_channels > 0 else [0.0]
+    # searched out to _SHIFT_REACH prior widths: a nominal MCA calibration is often 4-5
+    # channels off at 6-10 keV (0.4 % of gain), which the prior's cost (shift / width)^2 allows
+    reach = np.floor(_SHIFT_REACH * shift_channels)
+    shifts = np.arange(-reach, reach + 1) if shift_channels > 0 else [0.0]
 
     penalty = _penalty
 
@@ -295,7 +300,7 @@ def identify_elements(
             break
         e_peak, s_peak = float(energies[peak]), float(sigmas[peak])
         settled.append((e_peak, s_peak))
-        window = _MATCH_SIGMAS * s_peak + shift_channels * float(np.mean(np.diff(energies)))
+        window = _MATCH_SIGMAS * s_peak + _SHIFT_REACH * shift_channels * float(np.mean(np.diff(energies)))
         near = [c for c in pool if c not in current and np.any(np.abs(match_lines[c] - e_peak) <= window)]
         w = 1.0 / np.sqrt(variance)
         free = matrix[:, solution.amplitudes > 0] * w[:, None]
