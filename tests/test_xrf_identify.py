@@ -251,3 +251,23 @@ def test_cli_refuses_an_override_with_unknown_symbols(tmp_path):
     assert "ELEMENTS_TO_FIT names 'Qz'" in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_cli_refuses_a_scan_with_no_counts_in_the_fitted_range(tmp_path):
+    """Spectra whose counts all lie below the fitted range: one line naming the problem, exit 2,
+    no results store."""
+    from xmulti.io.layout import XRFData, write_scan
+
+    spectra = np.zeros((16, 1024), dtype=np.uint32)
+    spectra[:, :50] = 5  # below 1 keV only
+    positions = np.stack(np.mgrid[0:4, 0:4], axis=-1).reshape(-1, 2).astype(float)
+    scan = write_scan(tmp_path / "empty.h5", incident_energy_keV=10.0, scan_shape=(4, 4),
+                      xrf=XRFData(spectra=spectra, positions_um=positions, calibration_keV=(0.0, 0.0104)))
+    out = tmp_path / "r.zarr"
+    run = subprocess.run([sys.executable, "-m", "xmulti.cli", "fit-xrf", str(scan), "--out", str(out),
+                          "--elements", "Fe"], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error") or "no counts" in line]
+    assert errors and "no counts in the fitted energy range" in errors[-1] and "Traceback" not in run.stderr
+    assert "empty.h5" in errors[-1] and "/xrf/spectra" in errors[-1]
+    assert not out.exists()

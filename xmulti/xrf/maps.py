@@ -200,6 +200,8 @@ def calibrate_scan(
         if origin == "beamline ELEMENTS_TO_FIT":
             where = beamline.get("beamline_settings_file", "the beamline's settings")
             raise InvalidInputError(f"{where}: ELEMENTS_TO_FIT: {exc}") from None
+        if "summed spectrum" in str(exc) or "energy axis" in str(exc):  # the data, not the options
+            raise InvalidScanError(source, "/xrf/spectra", str(exc)) from None
         raise
     result.element_source = origin
     return result
