@@ -39,7 +39,13 @@ EXACT = (
     "bio7_voigt_compton",
     "bio7_asymmetric_compton",
     "bio7_strong_tails",
+    "bio7_continuum_above_e0",
+    "pileup",
     "scatter_outside_range",
+    "ti_vs_ba_is_ti",
+    "ti_vs_ba_is_ba",
+    "s_pb_mo_is_s",
+    "s_pb_mo_is_mo",
     "as_vs_pb_is_as",
     "as_vs_pb_is_pb",
 )
@@ -88,10 +94,10 @@ def test_overlapping_readings_are_told_apart(name):
     assert look_alikes and not look_alikes & set(result.elements), case.alternatives
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (docs/validation.md): a 2 % flat escape fraction "
-                   "leaves a residual near 1.7 keV that Ta M fills")
+@pytest.mark.xfail(strict=True, reason="known gap (docs/validation.md): a flat 2 % escape fraction on "
+                   "seed 1 pulls the scale 0.8 channel off, P is missed and 5 weak elements added")
 def test_known_gap_escape_two_percent():
-    case, result = _calibrate_case("bio7_escape2", 0)
+    case, result = _calibrate_case("bio7_escape2", 1)
     assert set(result.elements) == set(case.elements)
 
 

@@ -52,7 +52,14 @@ from .model import (
     element_components,
     fit_channels,
 )
-from .shapes import _efficiency, _escape_fraction, peak_columns, pileup_column, windowed_peaks
+from .shapes import (
+    _efficiency,
+    _escape_fraction,
+    escape_fractions,
+    peak_columns,
+    pileup_column,
+    windowed_peaks,
+)
 from .summed import (
     CONTINUUM_KNOT_SPACING_KEV,
     DEFAULT_SHAPE_TOLERANCE,
@@ -72,6 +79,7 @@ DEFAULT_FIT_PARAMETERS = (
     "compton_shift_keV",
     "compton_width_keV",
     "escape_scale",
+    "escape_power",
     "tail_fraction",
 )
 #: Hard bounds: absolute (low, high), or for the energy scale relative to the initial
@@ -86,6 +94,7 @@ _BOUNDS = {
     "compton_shift_keV": (-0.3, 0.3),
     "compton_width_keV": (0.0, 0.6),
     "escape_scale": (0.0, 4.0),
+    "escape_power": (0.0, 1.5),
     "tail_fraction": (0.0, 0.3),
 }
 #: Reduced chi-square (with the shape tolerance) above which the summed fit is poor.
@@ -263,7 +272,7 @@ class _SummedProblem:
             comps += [Component("elastic", "scatter"), Component("compton", "scatter")]
         matrix = np.zeros((self.channels.size, len(comps)))
         if energies.size:
-            f = np.minimum(fractions * cal.escape_scale, 0.5)
+            f = escape_fractions(fractions, cal)
             esc = f > 0
             centres = np.concatenate([energies, energies[esc] - physics.SI_KA_ESCAPE_KEV])
             sigmas = physics.detector_sigma_keV(np.maximum(centres, 0.0), cal.noise_fwhm_keV, cal.fano)
@@ -565,7 +574,7 @@ class _NonlinearFit:
         if not self.problem.scatter:
             out = [n for n in out if not n.startswith("compton")]
         if not self.problem.escape:
-            out = [n for n in out if n != "escape_scale"]
+            out = [n for n in out if n not in ("escape_scale", "escape_power")]
         return out
 
     def _prior(self, cal):
@@ -830,5 +839,6 @@ def _parameter_scale(name: str, cal: Calibration) -> float:
         "compton_shift_keV": 0.01,
         "compton_width_keV": 0.01,
         "escape_scale": 0.1,
+        "escape_power": 0.1,
         "tail_fraction": 0.01,
     }[name]

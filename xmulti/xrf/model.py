@@ -91,6 +91,9 @@ class Calibration:
     escape_scale : float
         Si escape fraction relative to Reed & Ware's (1 for a thick detector at normal
         incidence; fitted on the summed spectrum, since geometry and thin sensors change it).
+    escape_power : float
+        Energy dependence of the escape fraction relative to Reed & Ware's (1: theirs; 0: the
+        same fraction at every energy; :func:`xmulti.xrf.shapes.escape_fractions`).
     tail_fraction : float
         Fraction of each line's counts in its low-energy tail (incomplete charge collection,
         :func:`xmulti.xrf.shapes.windowed_peaks`).
@@ -104,6 +107,7 @@ class Calibration:
     compton_shift_keV: float = 0.0
     compton_width_keV: float = 0.1
     escape_scale: float = 1.0
+    escape_power: float = 1.0
     tail_fraction: float = 0.0
 
     def replace(self, **changes) -> Calibration:

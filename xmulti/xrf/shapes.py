@@ -98,15 +98,36 @@ def gaussian_peaks(edges_lo, edges_hi, centres_keV, sigmas_keV, xp=np):
     return 0.5 * (hi - lo)
 
 
+#: Energy (keV) at which ``escape_power`` leaves the escape fraction unchanged.
+_ESCAPE_PIVOT_KEV = 5.0
+
+
+def escape_fractions(reed_ware, calibration: Calibration) -> np.ndarray:
+    """Si escape fraction of lines from their Reed & Ware fractions and the calibration:
+    ``scale * f_RW(5 keV) * (f_RW / f_RW(5 keV))^power`` (0 where ``f_RW`` is 0), at most 0.5.
+
+    ``power = 1`` is Reed & Ware's energy dependence scaled (thick sensor, normal incidence);
+    smaller powers flatten it, as thin sensors, grazing geometry and detector models with a
+    constant fraction do; both are fitted on the summed spectrum.
+    """
+    f = np.asarray(reed_ware, dtype=float)
+    if calibration.escape_power == 1.0:
+        return np.minimum(f * calibration.escape_scale, 0.5)
+    pivot = float(_escape_fraction((_ESCAPE_PIVOT_KEV,))[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shaped = np.where(f > 0, pivot * (f / pivot) ** calibration.escape_power, 0.0)
+    return np.minimum(shaped * calibration.escape_scale, 0.5)
+
+
 def _lines_with_escape(energies, weights, calibration: Calibration, escape: bool):
     """Expand lines into (centre, sigma, weight) of parent and escape peaks; the escape
-    fraction is Reed & Ware's times the calibration's ``escape_scale``."""
+    fraction is :func:`escape_fractions`."""
     energies = np.asarray(energies, dtype=float)
     weights = np.asarray(weights, dtype=float)
     sigmas = physics.detector_sigma_keV(energies, calibration.noise_fwhm_keV, calibration.fano)
     if not escape or calibration.escape_scale <= 0:
         return energies, sigmas, weights
-    fraction = np.minimum(_escape_fraction(tuple(energies.tolist())) * calibration.escape_scale, 0.5)
+    fraction = escape_fractions(_escape_fraction(tuple(energies.tolist())), calibration)
     esc_e = energies - physics.SI_KA_ESCAPE_KEV
     keep = fraction > 0
     esc_sigma = physics.detector_sigma_keV(
