@@ -62,7 +62,8 @@ def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], 
 
     standard = standard_calibration_for(tree, options, log)
     calibration = calibrate_scan(tree, options.elements)
-    _log_calibration(calibration, log)
+    for line in calibration.report_lines() if log is not None else []:
+        log(f"  fit-xrf: {line}")
     result = _persist_with_progress(
         fit_xrf(tree, calibration=calibration, background=options.background), client, log)
     identified = list(calibration.identification.elements) if calibration.identification else []
@@ -89,19 +90,6 @@ def fit_xrf_groups(tree, options: XRFOptions, client=None, log: Callable[[str], 
 
         groups["/xrf/areal_density"] = quantify_maps(result, standard, scan_geometry(tree))
     return groups
-
-
-def _log_calibration(result, log: Callable[[str], None] | None) -> None:
-    """One line per finding of the summed-spectrum fit: the elements and where they came from,
-    ambiguous readings, the fit's quality and what it leaves unexplained."""
-    if log is None:
-        return
-    log(f"  fit-xrf: elements ({result.element_source}): {', '.join(result.elements) or 'none'}")
-    ident = result.identification
-    for item in (ident.ambiguous if ident else []):
-        readings = " or ".join(f"{r['element']} (chi-square gain {r['delta_chi_square']:g})" for r in item["readings"])
-        log(f"  fit-xrf: ambiguous peak at {item['energy_keV']:.2f} keV: {readings}; fitted as {item['chosen']}")
-    log(f"  fit-xrf: {result.message}")
 
 
 def standard_calibration_for(tree, options: XRFOptions, log: Callable[[str], None] | None = None):

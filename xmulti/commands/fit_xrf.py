@@ -154,12 +154,9 @@ def run(args: argparse.Namespace) -> int:
     result = calibrate_scan(
         tree, elements, n_continuum=args.n_continuum, energy_range_keV=energy_range, pileup=args.pileup
     )
-    _log(f"calibrated in {time.perf_counter() - start:.1f} s; elements ({result.element_source}): "
-         f"{', '.join(result.elements) or 'none'}")
-    for item in (result.identification.ambiguous if result.identification else []):
-        readings = " or ".join(f"{r['element']} (chi-square gain {r['delta_chi_square']:g})" for r in item["readings"])
-        _log(f"ambiguous peak at {item['energy_keV']:.2f} keV: {readings}; fitted as {item['chosen']}")
-    _log(result.message)
+    _log(f"calibrated in {time.perf_counter() - start:.1f} s")
+    for line in result.report_lines():
+        _log(line)
     _log("fitting every pixel")
     start = time.perf_counter()
     maps = fit_xrf(

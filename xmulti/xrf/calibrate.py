@@ -53,9 +53,8 @@ from .model import (
     fit_channels,
 )
 from .shapes import (
-    _efficiency,
-    _escape_fraction,
-    escape_fractions,
+    element_line_table,
+    lines_with_escape,
     peak_columns,
     pileup_column,
     windowed_peaks,
@@ -66,6 +65,7 @@ from .summed import (
     channel_variance,
     continuum_pspline,
     solve_nonnegative,
+    solve_with_model_variance,
 )
 
 __all__ = ["CalibrationResult", "calibrate", "DEFAULT_FIT_PARAMETERS", "POOR_FIT"]
@@ -185,12 +185,21 @@ class CalibrationResult:
     unexplained_ranges_keV: list[tuple[float, float]] = field(default_factory=list)
     element_source: str = "given"
 
+    def report_lines(self) -> list[str]:
+        """The fit's findings for a log, a line each: the elements and where they came from,
+        every ambiguous reading with its evidence, and :attr:`message`."""
+        lines = [f"elements ({self.element_source}): {', '.join(self.elements) or 'none'}"]
+        for item in self.identification.ambiguous if self.identification else []:
+            readings = " or ".join(f"{r['element']} (chi-square gain {r['delta_chi_square']:g})"
+                                   for r in item["readings"])
+            lines.append(f"ambiguous peak at {item['energy_keV']:.2f} keV: {readings}; fitted as {item['chosen']}")
+        return [*lines, self.message]
+
 
 class _SummedProblem:
     """The summed spectrum over fixed rows and the builders of its design matrices."""
 
     def __init__(self, spectrum, incident_energy_keV, initial, energy_range_keV, shape_tolerance, options):
-        self.y_full = spectrum
         self.n_channels = spectrum.size
         self.e0 = float(incident_energy_keV)
         energies = channel_energies_keV(np.arange(self.n_channels), initial)
@@ -245,39 +254,24 @@ class _SummedProblem:
         return channel_energies_keV(self.channels, cal)
 
     def _line_table(self, symbols, tie: bool = False):
-        """Lines of the element components as flat arrays (energy, detected weight, Reed & Ware
-        escape fraction, column), built once per element list: a trial calibration only
-        changes the widths, positions and escape scale."""
+        """The element components and their lines (:func:`~xmulti.xrf.shapes.element_line_table`),
+        built once per element list: a trial calibration only moves and widens them."""
         key = (tuple(symbols), tie)
         if key not in self._tables:
             comps = self.components(symbols, tie)
-            energies, weights, fractions, columns = [], [], [], []
-            for k, comp in enumerate(comps):
-                e = np.asarray(comp.line_energies_keV)
-                w = np.asarray(comp.line_weights) * _efficiency(comp.line_energies_keV, self.be_um, self.si_mm)
-                energies.append(e)
-                weights.append(w / w.sum())
-                fractions.append(_escape_fraction(comp.line_energies_keV) if self.escape else np.zeros(e.size))
-                columns.append(np.full(e.size, k))
-            self._tables[key] = (comps, *(np.concatenate(a) if a else np.zeros(0) for a in
-                                         (energies, weights, fractions, columns)))
+            self._tables[key] = (comps, element_line_table(comps, self.be_um, self.si_mm, self.escape))
         return self._tables[key]
 
     def peaks(self, cal, symbols, scatter=None, tie: bool = False):
-        comps, energies, weights, fractions, columns = self._line_table(symbols, tie)
+        comps, lines = self._line_table(symbols, tie)
         comps = list(comps)
         n_elements = len(comps)
         scatter = self.scatter if scatter is None else scatter
         if scatter:
             comps += [Component("elastic", "scatter"), Component("compton", "scatter")]
         matrix = np.zeros((self.channels.size, len(comps)))
-        if energies.size:
-            f = escape_fractions(fractions, cal)
-            esc = f > 0
-            centres = np.concatenate([energies, energies[esc] - physics.SI_KA_ESCAPE_KEV])
-            sigmas = physics.detector_sigma_keV(np.maximum(centres, 0.0), cal.noise_fwhm_keV, cal.fano)
-            w = np.concatenate([weights * (1.0 - f), (weights * f)[esc]])
-            index = np.concatenate([columns, columns[esc]]).astype(int)
+        if lines[0].size:
+            centres, sigmas, w, index = lines_with_escape(*lines, cal)
             matrix += windowed_peaks(self.channels, cal, centres, sigmas, w, index, len(comps), cal.tail_fraction)
         if scatter:
             matrix[:, n_elements:] = peak_columns(comps[n_elements:], self.channels, cal, self.e0, self.angle,
@@ -325,11 +319,11 @@ class _SummedProblem:
         matrix, names, continuum = self.design(cal, symbols, scatter, pileup)
         key = tuple(names)
         if variance is None:
-            variance = channel_variance(np.maximum(self.y, 1.0), self.tolerance, self.spread)
-            first = solve_nonnegative(matrix, self.y, variance, continuum, free_hint=self._free.get(key))
-            variance = channel_variance(first.fitted, self.tolerance, self.spread)
-        solution = solve_nonnegative(matrix, self.y, variance, continuum, with_sigmas=with_sigmas,
-                                     free_hint=self._free.get(key))
+            solution, variance = solve_with_model_variance(matrix, self.y, continuum, self.tolerance, self.spread,
+                                                           self._free.get(key), with_sigmas)
+        else:
+            solution = solve_nonnegative(matrix, self.y, variance, continuum, with_sigmas=with_sigmas,
+                                         free_hint=self._free.get(key))
         self._free[key] = solution.amplitudes > 0  # the next trial's free set, most likely
         return names, solution, variance
 
@@ -682,21 +676,26 @@ def _scatter_in_range(problem: _SummedProblem, cal: Calibration) -> bool:
     return bool(energies[0] < compton - 2 * sigma and problem.e0 + 2 * sigma < energies[-1])
 
 
+def _gain_of(problem: _SummedProblem, cal: Calibration, symbols, part: str) -> tuple[float, dict]:
+    """Chi-square gain of a part of the model (``"scatter"`` or ``"pileup"``), at the variance of
+    the model with it, and the amplitudes of that model."""
+    names, with_part, variance = problem.solve(cal, symbols, **{part: True})
+    _, without, _ = problem.solve(cal, symbols, variance, **{part: False})
+    return without.chi_square - with_part.chi_square, dict(zip(names, with_part.amplitudes, strict=True))
+
+
 def _scatter_seen(problem: _SummedProblem, cal: Calibration, symbols) -> bool:
     """Scatter peaks lower chi-square by more than the 5-sigma penalty and hold at least
     ``_MIN_SCATTER_SHARE`` of the counts (a broad Compton column can take a few thousand counts
     of a hump in a continuum-rich spectrum without any scatter peak)."""
-    names, with_scatter, variance = problem.solve(cal, symbols, scatter=True)
-    _, without, _ = problem.solve(cal, symbols, variance, scatter=False)
-    amplitude = dict(zip(names, with_scatter.amplitudes, strict=True))
+    gain, amplitude = _gain_of(problem, cal, symbols, "scatter")
     share = (amplitude["elastic"] + amplitude["compton"]) / max(float(problem.y.sum()), 1.0)
-    return without.chi_square - with_scatter.chi_square > 2 * ADD_PENALTY and share >= _MIN_SCATTER_SHARE
+    return gain > 2 * ADD_PENALTY and share >= _MIN_SCATTER_SHARE
 
 
 def _pileup_seen(problem: _SummedProblem, cal: Calibration, symbols) -> bool:
-    _, with_pileup, variance = problem.solve(cal, symbols, pileup=True)
-    _, without, _ = problem.solve(cal, symbols, variance, pileup=False)
-    return without.chi_square - with_pileup.chi_square > ADD_PENALTY
+    """Sum peaks lower chi-square by more than the 5-sigma penalty."""
+    return _gain_of(problem, cal, symbols, "pileup")[0] > ADD_PENALTY
 
 
 def _detected_lines(problem: _SummedProblem, cal: Calibration, symbols) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ from typing import Protocol
 import numpy as np
 
 from .. import physics
-from .summed import channel_variance, solve_nonnegative
+from .summed import channel_variance, solve_nonnegative, solve_with_model_variance
 
 __all__ = [
     "Identification",
@@ -280,10 +280,7 @@ def identify_elements(
         hint = previous.get("free")
         if hint is not None and hint.size != matrix.shape[1]:  # columns were added: plain NNLS
             hint = None
-        variance = channel_variance(np.maximum(y, 1.0), shape_tolerance, spread_channels)
-        solution = solve_nonnegative(matrix, y, variance, continuum, free_hint=hint)
-        variance = channel_variance(solution.fitted, shape_tolerance, spread_channels)  # no Neyman bias
-        solution = solve_nonnegative(matrix, y, variance, continuum, free_hint=solution.amplitudes > 0)
+        solution, variance = solve_with_model_variance(matrix, y, continuum, shape_tolerance, spread_channels, hint)
         previous["free"] = solution.amplitudes > 0
         return matrix, solution, variance
 
@@ -380,9 +377,7 @@ def prune_elements(observed, context: IdentifyContext, elements: Sequence[str], 
     def fit(symbols, variance=None):
         matrix, continuum = context.base(symbols)
         if variance is None:
-            variance = channel_variance(np.maximum(y, 1.0), shape_tolerance, spread_channels)
-            solution = solve_nonnegative(matrix, y, variance, continuum)
-            variance = channel_variance(solution.fitted, shape_tolerance, spread_channels)
+            return solve_with_model_variance(matrix, y, continuum, shape_tolerance, spread_channels)[0]
         return solve_nonnegative(matrix, y, variance, continuum)
 
     while True:

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import InvalidInputError, InvalidScanError
 from .calibrate import DEFAULT_FIT_PARAMETERS, CalibrationResult, calibrate
 from .fit import prepare_fit
-from .model import Calibration
+from .model import Calibration, channel_energies_keV, fit_channels
 
 __all__ = ["fit_xrf", "calibrate_scan", "calibration_diagnostics", "fit_chunks", "significant_anywhere"]
 
@@ -184,6 +184,9 @@ def calibrate_scan(
     if initial is None:
         initial = _initial_calibration(np.asarray(ds["energy"].values, dtype=float), beamline)
     exact, known, origin = _element_lists(elements, known_elements, beamline)
+    fitted = fit_channels(channel_energies_keV(np.arange(summed.size), initial), e0, energy_range_keV)
+    if not summed[fitted].sum() > 0:
+        raise InvalidScanError(source, "/xrf/spectra", "summed spectrum has no counts in the fitted energy range")
     try:
         result = calibrate(
             summed,
@@ -200,8 +203,6 @@ def calibrate_scan(
         if origin == "beamline ELEMENTS_TO_FIT":
             where = beamline.get("beamline_settings_file", "the beamline's settings")
             raise InvalidInputError(f"{where}: ELEMENTS_TO_FIT: {exc}") from None
-        if "summed spectrum" in str(exc) or "energy axis" in str(exc):  # the data, not the options
-            raise InvalidScanError(source, "/xrf/spectra", str(exc)) from None
         raise
     result.element_source = origin
     return result
@@ -228,7 +229,7 @@ def _calibration_attrs(result: CalibrationResult) -> dict:
     attrs.update(
         {
             "elements": list(result.elements),
-            "element_source": str(getattr(result, "element_source", "given")),
+            "element_source": result.element_source,
             "identified_elements": list(ident.elements) if ident else [],
             "ambiguous_elements": json.dumps(ident.ambiguous if ident else []),
             "incident_energy_keV": float(result.model.incident_energy_keV),

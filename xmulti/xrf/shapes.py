@@ -119,25 +119,43 @@ def escape_fractions(reed_ware, calibration: Calibration) -> np.ndarray:
     return np.minimum(shaped * calibration.escape_scale, 0.5)
 
 
-def _lines_with_escape(energies, weights, calibration: Calibration, escape: bool):
-    """Expand lines into (centre, sigma, weight) of parent and escape peaks; the escape
-    fraction is :func:`escape_fractions`."""
-    energies = np.asarray(energies, dtype=float)
+def element_line_table(components, be_window_um: float, si_thickness_mm: float, escape: bool = True):
+    """The lines of element components as flat arrays, for :func:`lines_with_escape`.
+
+    Returns
+    -------
+    energies_keV, weights, reed_ware, columns : ndarray (n_lines,)
+        Line energies; detected weights (emitted weight times the detector efficiency,
+        normalised per component: an amplitude counts detected photons); Reed & Ware escape
+        fractions (0 with ``escape=False``); the position of each line's component in
+        ``components``.
+    """
+    energies, weights, fractions, columns = [], [], [], []
+    for k, comp in enumerate(components):
+        e = np.asarray(comp.line_energies_keV, dtype=float)
+        w = np.asarray(comp.line_weights) * _efficiency(comp.line_energies_keV, float(be_window_um),
+                                                        float(si_thickness_mm))
+        energies.append(e)
+        weights.append(w / w.sum())
+        fractions.append(_escape_fraction(comp.line_energies_keV) if escape else np.zeros(e.size))
+        columns.append(np.full(e.size, k))
+    if not energies:
+        return tuple(np.zeros(0, dtype=int if i == 3 else float) for i in range(4))
+    return tuple(np.concatenate(a) for a in (energies, weights, fractions, columns))
+
+
+def lines_with_escape(energies_keV, weights, reed_ware, columns, calibration: Calibration):
+    """Lines expanded into parent and Si escape peaks (:func:`escape_fractions` of their
+    counts 1.740 keV below): centres (keV), detector sigmas (keV), weights and columns."""
+    energies = np.asarray(energies_keV, dtype=float)
     weights = np.asarray(weights, dtype=float)
-    sigmas = physics.detector_sigma_keV(energies, calibration.noise_fwhm_keV, calibration.fano)
-    if not escape or calibration.escape_scale <= 0:
-        return energies, sigmas, weights
-    fraction = escape_fractions(_escape_fraction(tuple(energies.tolist())), calibration)
-    esc_e = energies - physics.SI_KA_ESCAPE_KEV
-    keep = fraction > 0
-    esc_sigma = physics.detector_sigma_keV(
-        np.maximum(esc_e[keep], 0.0), calibration.noise_fwhm_keV, calibration.fano
-    )
-    return (
-        np.concatenate([energies, esc_e[keep]]),
-        np.concatenate([sigmas, esc_sigma]),
-        np.concatenate([weights * (1.0 - fraction), (weights * fraction)[keep]]),
-    )
+    columns = np.asarray(columns)
+    f = escape_fractions(reed_ware, calibration)
+    esc = f > 0
+    centres = np.concatenate([energies, energies[esc] - physics.SI_KA_ESCAPE_KEV])
+    sigmas = physics.detector_sigma_keV(np.maximum(centres, 0.0), calibration.noise_fwhm_keV, calibration.fano)
+    return (centres, sigmas, np.concatenate([weights * (1.0 - f), (weights * f)[esc]]),
+            np.concatenate([columns, columns[esc]]).astype(int))
 
 
 def peak_columns(
@@ -181,34 +199,30 @@ def peak_columns(
     ndarray (n, len(components)) float64
     """
     columns = np.zeros((len(channels), len(components)))
-    # lines and scatter peaks apart: the broad Compton peak would widen every line's window
-    narrow: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
-    broad: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
+    elements = [k for k, comp in enumerate(components) if comp.kind == "element"]
+    if elements:
+        energies, weights, reed_ware, index = element_line_table(
+            [components[k] for k in elements], be_window_um, si_thickness_mm, escape)
+        centres, sigmas, w, index = lines_with_escape(energies, weights, reed_ware, np.asarray(elements)[index],
+                                                      calibration)
+        columns += windowed_peaks(channels, calibration, centres, sigmas, w, index, len(components),
+                                  calibration.tail_fraction)
+    # the scatter peaks apart: the broad Compton peak would widen every line's window
     for k, comp in enumerate(components):
         if comp.kind == "element":
-            energies = np.asarray(comp.line_energies_keV)
-            eff = _efficiency(comp.line_energies_keV, float(be_window_um), float(si_thickness_mm))
-            weights = np.asarray(comp.line_weights) * eff
-            weights = weights / weights.sum()
-            narrow.append((*_lines_with_escape(energies, weights, calibration, escape), k))
-        elif comp.name == "elastic":
-            broad.append((*_lines_with_escape([incident_energy_keV], [1.0], calibration, escape and scatter_escape), k))
+            continue
+        if comp.name == "elastic":
+            centre, extra_sigma = float(incident_energy_keV), 0.0
         elif comp.name == "compton":
-            ec = (
-                physics.compton_energy_keV(incident_energy_keV, scattering_angle_deg)
-                + calibration.compton_shift_keV
-            )
-            centres, sigmas, w = _lines_with_escape([ec], [1.0], calibration, escape and scatter_escape)
-            broad.append((centres, np.sqrt(sigmas**2 + calibration.compton_width_keV**2), w, k))
+            centre = (physics.compton_energy_keV(incident_energy_keV, scattering_angle_deg)
+                      + calibration.compton_shift_keV)
+            extra_sigma = calibration.compton_width_keV
         else:
             raise InvalidInputError(f"component {comp.name!r} is not a peak component")
-    for group, tail in ((narrow, calibration.tail_fraction), (broad, 0.0)):
-        if group:
-            centres, sigmas, w, index = (
-                np.concatenate(parts)
-                for parts in zip(*[(c, s, w, np.full(c.size, k)) for c, s, w, k in group], strict=True)
-            )
-            columns += windowed_peaks(channels, calibration, centres, sigmas, w, index, len(components), tail)
+        reed_ware = _escape_fraction((centre,)) if escape and scatter_escape else np.zeros(1)
+        centres, sigmas, w, index = lines_with_escape([centre], [1.0], reed_ware, [k], calibration)
+        columns += windowed_peaks(channels, calibration, centres, np.hypot(sigmas, extra_sigma), w, index,
+                                  len(components))
     return columns
 
 
@@ -257,21 +271,21 @@ def windowed_peaks(channels, calibration: Calibration, centres_keV, sigmas_keV, 
     start = np.searchsorted(edges, centres) - half - 1  # index into edges
     start = np.clip(start, 0, edges.size - 2 * half - 2)
     window = start[:, None] + np.arange(2 * half + 2)[None, :]
+    w = np.asarray(weights, dtype=float)
+    # tails on the lines that carry counts (>= 1 % of their component): a weak line's tail is
+    # below the noise of its neighbours', and each tail costs a wide window; a tailed line's
+    # Gaussian keeps 1 - tail_fraction of its counts
+    strong = w >= _TAIL_MIN_WEIGHT if tail_fraction > 0 else np.zeros(w.size, dtype=bool)
     cdf = erf((edges[window] - centres[:, None]) / (np.sqrt(2.0) * sigmas[:, None]))
-    values = 0.5 * np.diff(cdf, axis=1) * np.asarray(weights, dtype=float)[:, None]
+    values = 0.5 * np.diff(cdf, axis=1) * (w * np.where(strong, 1.0 - tail_fraction, 1.0))[:, None]
     rows = window[:, :-1] - (half + 1)  # edge index i is the lower edge of row i - half - 1
-    inside_gauss = (rows >= 0) & (rows < n)
-    index = np.broadcast_to(np.asarray(column_index)[:, None], rows.shape)
-    flat_gauss = rows[inside_gauss] * n_columns + index[inside_gauss]
-    out = np.bincount(flat_gauss, weights=values[inside_gauss], minlength=n * n_columns).reshape(n, n_columns)
-    if tail_fraction > 0 and centres.size:
-        # tails on the lines that carry counts (>= 1 % of their component): a weak line's tail
-        # is below the noise of its neighbours', and each tail costs a wide window
-        w = np.asarray(weights, dtype=float)
-        strong = w >= _TAIL_MIN_WEIGHT
+    inside = (rows >= 0) & (rows < n)
+    flat = rows[inside] * n_columns + np.broadcast_to(np.asarray(column_index)[:, None], rows.shape)[inside]
+    out = np.bincount(flat, weights=values[inside], minlength=n * n_columns).reshape(n, n_columns)
+    if strong.any():
         g = TAIL_SLOPE_SIGMAS
-        below = int(np.ceil((_WINDOW_SIGMAS + 8 * g) * sigmas[strong].max() / gain)) + 2 if strong.any() else 0
-        above = int(np.ceil(_WINDOW_SIGMAS * sigmas[strong].max() / gain)) + 2 if strong.any() else 0
+        below = int(np.ceil((_WINDOW_SIGMAS + 8 * g) * sigmas[strong].max() / gain)) + 2
+        above = int(np.ceil(_WINDOW_SIGMAS * sigmas[strong].max() / gain)) + 2
         centre_row = np.searchsorted(channel_energies_keV(channels, calibration), centres[strong])
         rows = centre_row[:, None] + np.arange(-below, above + 1)[None, :]
         inside = (rows >= 0) & (rows < n)
@@ -281,11 +295,7 @@ def windowed_peaks(channels, calibration: Calibration, centres_keV, sigmas_keV, 
         density = np.exp(np.minimum(d / g + 0.5 / g**2, 700.0)) * erfc((d + 1.0 / g) / np.sqrt(2.0)) / (2 * g)
         shifted = tail_fraction * density * (gain / s) * w[strong][:, None]
         flat = rows[inside] * n_columns + np.broadcast_to(np.asarray(column_index)[strong][:, None], rows.shape)[inside]
-        tails = np.bincount(flat, weights=shifted[inside], minlength=n * n_columns).reshape(n, n_columns)
-        # the same strong lines' Gaussians give up that fraction
-        kept = np.where(strong, tail_fraction, 0.0)[:, None] * values
-        lost = np.bincount(flat_gauss, weights=kept[inside_gauss], minlength=n * n_columns).reshape(n, n_columns)
-        out = out - lost + tails
+        out += np.bincount(flat, weights=shifted[inside], minlength=n * n_columns).reshape(n, n_columns)
     return out
 
 

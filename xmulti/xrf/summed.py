@@ -32,6 +32,7 @@ __all__ = [
     "SummedSolution",
     "continuum_pspline",
     "solve_nonnegative",
+    "solve_with_model_variance",
     "channel_variance",
     "DEFAULT_SHAPE_TOLERANCE",
 ]
@@ -110,41 +111,22 @@ def channel_variance(model_counts, tolerance: float = DEFAULT_SHAPE_TOLERANCE, s
     return np.maximum(mu, _MIN_VARIANCE) + (tolerance * envelope) ** 2
 
 
-def continuum_pspline(energies_keV, spacing_keV: float = CONTINUUM_KNOT_SPACING_KEV,
-                      edge_keV: float | None = None, edge_width_keV: float = 0.0) -> np.ndarray:
-    """Cubic B-splines on uniform knots about ``spacing_keV`` apart over the fitted energies.
-
-    With ``edge_keV`` (the Compton peak) the splines end there, multiplied by a step
-    ``erfc((E - edge) / (sqrt(2) width)) / 2``: the continuum of scattered photons stops at the
-    scattered energy.
-
-    Parameters
-    ----------
-    energies_keV : ndarray (n,)
-        Channel energies (increasing).
-    spacing_keV : float
-        Target knot spacing (keV).
-    edge_keV, edge_width_keV : float, optional
-        High-energy edge of the continuum and its Gaussian width (keV).
+def continuum_pspline(positions, spacing) -> np.ndarray:
+    """Cubic B-splines on uniform knots about ``spacing`` apart over increasing ``positions``
+    (channel energies in keV, or channels with the spacing in channels).
 
     Returns
     -------
     ndarray (n, m) float64, non-negative
     """
     from scipy.interpolate import BSpline
-    from scipy.special import erfc
 
-    e = np.asarray(energies_keV, dtype=float)
-    lo, hi = float(e[0]), float(e[-1])
-    if edge_keV is not None and lo + 4 * spacing_keV < edge_keV < hi:
-        hi = float(edge_keV)
-    n_intervals = max(1, int(round((hi - lo) / spacing_keV)))
+    x = np.asarray(positions, dtype=float)
+    lo, hi = float(x[0]), float(x[-1])
+    n_intervals = max(1, int(round((hi - lo) / spacing)))
     inner = np.linspace(lo, hi, n_intervals + 1)[1:-1]
     knots = np.concatenate([[lo] * 4, inner, [hi] * 4])
-    basis = BSpline.design_matrix(np.clip(e, lo, hi), knots, 3).toarray()
-    if edge_keV is not None:
-        width = max(float(edge_width_keV), 1e-3)
-        basis *= 0.5 * erfc((e - float(edge_keV)) / (np.sqrt(2.0) * width))[:, None]
+    basis = BSpline.design_matrix(x, knots, 3).toarray()
     return basis[:, basis.sum(axis=0) > 0]
 
 
@@ -216,3 +198,18 @@ def solve_nonnegative(matrix, observed, variance, continuum_columns=(), roughnes
             except np.linalg.LinAlgError:
                 pass
     return SummedSolution(amplitudes=amplitudes, sigmas=sigmas, fitted=fitted, chi_square=chi2)
+
+
+def solve_with_model_variance(matrix, observed, continuum_columns=(), tolerance: float = DEFAULT_SHAPE_TOLERANCE,
+                              spread_channels: int = 0, free_hint=None,
+                              with_sigmas: bool = False) -> tuple[SummedSolution, np.ndarray]:
+    """:func:`solve_nonnegative` twice: weighted by the observed counts (floored at 1), then by
+    that fit's model (weights from the observed counts bias low-count channels low: Neyman's
+    chi-square). Returns the second solution and the model variance it used."""
+    y = np.asarray(observed, dtype=float)
+    first = solve_nonnegative(matrix, y, channel_variance(np.maximum(y, 1.0), tolerance, spread_channels),
+                              continuum_columns, free_hint=free_hint)
+    variance = channel_variance(first.fitted, tolerance, spread_channels)
+    solution = solve_nonnegative(matrix, y, variance, continuum_columns, with_sigmas=with_sigmas,
+                                 free_hint=first.amplitudes > 0)
+    return solution, variance
