@@ -100,7 +100,6 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
     bases: dict[float, StructureBasis] = {1.0: structure_basis(intensity, positions_px, features, spacing_px)}
     fits = [structure_solve(bases[1.0], c) for c in b]
     floor = 1e-6 * max(max(float(c.mean()) for c in b), 1e-30)
-    unit: dict[float, np.ndarray] = {}
 
     def per_element(power: float) -> list[np.ndarray]:
         if power not in bases:
@@ -109,9 +108,18 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
                                                                   np.maximum(fit.fitted, 1.0))), floor)
                 for c, fit in zip(b, fits, strict=True)]
 
+    best, info = _choose_power(per_element)
+    return best, bases, fits, info
+
+
+def _choose_power(per_element) -> tuple[float, dict]:
+    """The footprint power by held-out prediction: ``per_element(power)`` gives each element's
+    held-out unit deviances; each is divided by its dispersion at power 1 (quasi-likelihood,
+    so an element the model describes badly does not decide alone), their sum is averaged over
+    positions and the ladder is walked from 1 while it falls."""
     at_one = per_element(1.0)
     dispersion = [max(float(d.mean()), 1.0) for d in at_one]
-    unit[1.0] = sum(d / phi for d, phi in zip(at_one, dispersion, strict=True))
+    unit = {1.0: sum(d / phi for d, phi in zip(at_one, dispersion, strict=True))}
 
     def deviance(power: float) -> float:
         if power not in unit:
@@ -123,7 +131,7 @@ def select_footprint_power(intensity: np.ndarray, positions_px: np.ndarray, feat
     info = {"footprint_powers_tried": [float(p) for p in tried],
             "footprint_heldout_deviance": [float(unit[p].mean()) for p in tried],
             "footprint_dispersion": dispersion}
-    return float(best), bases, fits, info
+    return float(best), info
 
 
 def _walk(deviance) -> float:
@@ -172,7 +180,6 @@ def select_footprint_power_tiled(intensity: np.ndarray, positions_px: np.ndarray
     rows = np.concatenate([tiles[t].members[tiles[t].core] for t in search])
     folds = fold_of(positions_px, spacing_px)
     floor = 1e-6 * max(max(float(c.mean()) for c in b), 1e-30)
-    unit: dict[float, np.ndarray] = {}
 
     def per_element(power: float) -> list[np.ndarray]:
         if power not in bases:
@@ -181,18 +188,5 @@ def select_footprint_power_tiled(intensity: np.ndarray, positions_px: np.ndarray
         return [unit_deviance(c[rows], np.nan_to_num(tiled_heldout(bases[power], c, fit, folds, search)[rows]), floor)
                 for c, fit in zip(b, fits, strict=True)]
 
-    at_one = per_element(1.0)
-    dispersion = [max(float(d.mean()), 1.0) for d in at_one]
-    unit[1.0] = sum(d / phi for d, phi in zip(at_one, dispersion, strict=True))
-
-    def deviance(power: float) -> float:
-        if power not in unit:
-            unit[power] = sum(d / phi for d, phi in zip(per_element(power), dispersion, strict=True))
-        return float(unit[power].mean())
-
-    best = _walk(deviance)
-    tried = list(unit)
-    info = {"footprint_powers_tried": [float(p) for p in tried],
-            "footprint_heldout_deviance": [float(unit[p].mean()) for p in tried],
-            "footprint_dispersion": dispersion}
-    return float(best), fits, info
+    best, info = _choose_power(per_element)
+    return best, fits, info
